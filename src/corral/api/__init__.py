@@ -1,0 +1,1 @@
+"""The Flask application: routes, error handling and Swagger UI."""

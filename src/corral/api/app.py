@@ -1,0 +1,36 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, redirect
+
+from ..config import Settings
+from ..engine import Engine
+from ..registry.catalog import Catalog
+from ..schema.openapi import build_openapi
+from .docs import install_docs
+from .problems import install_error_handlers
+from .routes import Routes
+
+
+def create_app(catalog: Catalog, engine: Engine, settings: Settings, title: str = "Corral") -> Flask:
+    """A Flask app serving the catalog's models through the engine.
+
+    The engine is started lazily on the first request, and again after a fork, so
+    the app works under any WSGI server; Corral's own server starts it earlier.
+    """
+    app = Flask("corral")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    install_error_handlers(app)
+    Routes(catalog, engine, settings).register(app)
+    install_docs(app, build_openapi(catalog, settings, title))
+
+    @app.get("/")
+    def index() -> Response:
+        return redirect("docs", code=302)  # type: ignore[return-value]
+
+    @app.before_request
+    def start_engine() -> None:
+        engine.start()
+
+    return app

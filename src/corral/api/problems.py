@@ -1,0 +1,68 @@
+"""The one error handler: every error becomes ``application/problem+json``.
+
+CorralErrors carry their own status and type. Werkzeug's HTTP errors (unknown
+route, wrong method) are mapped onto CorralErrors. Anything else is a bug: a 500
+with an error id, the traceback logged once here and never sent to the client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
+
+from ..errors import CorralError, MethodNotAllowed, NotFound, PayloadTooLarge, new_error_id
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem_response(err: CorralError) -> Response:
+    body = {"type": err.type, "title": err.title, "status": err.status, "detail": err.detail,
+            **err.extra()}
+    if err.errors is not None:
+        body["errors"] = err.errors
+    return Response(json.dumps(body), status=err.status, mimetype=PROBLEM_JSON,
+                    headers=err.headers())
+
+
+def _from_http_exception(exc: HTTPException) -> CorralError | Response:
+    code = exc.code or 500
+    where = f"{request.method} {request.path}"
+    if isinstance(exc, WerkzeugMethodNotAllowed):
+        allowed = sorted(exc.valid_methods or [])
+        return MethodNotAllowed(f"{where} is not allowed; use {', '.join(allowed)}.",
+                                allowed=allowed)
+    if code == 404:
+        return NotFound(f"No endpoint at {request.path}. The API is described at /docs.")
+    if code == 413:
+        return PayloadTooLarge("The request body is too large.")
+    # Any other HTTP error werkzeug raises: a plain problem of that status.
+    body = {"type": "about:blank", "title": exc.name, "status": code,
+            "detail": exc.description or exc.name}
+    return Response(json.dumps(body), status=code, mimetype=PROBLEM_JSON)
+
+
+def install_error_handlers(app: Flask) -> None:
+    @app.errorhandler(CorralError)
+    def corral_error(err: CorralError) -> Response:
+        return problem_response(err)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        mapped = _from_http_exception(exc)
+        return problem_response(mapped) if isinstance(mapped, CorralError) else mapped
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        error_id = new_error_id()
+        logger.error("unhandled error on %s %s (error id %s)", request.method, request.path,
+                     error_id, exc_info=exc)
+        body = {"type": "internal-error", "title": "Internal server error", "status": 500,
+                "detail": f"The server failed on this request; error id {error_id}.",
+                "error_id": error_id}
+        return Response(json.dumps(body), status=500, mimetype=PROBLEM_JSON)

@@ -1,0 +1,136 @@
+"""The v1 endpoints: predict, model listing, health and readiness."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+from flask import Flask, Response, request
+
+from ..config import Settings
+from ..engine import Engine
+from ..errors import InvalidInput, RequestTimeout
+from ..registry.catalog import Catalog
+from ..registry.spec import ModelSpec
+from ..schema.api_types import (
+    BatchingInfo,
+    ModelInfo,
+    ModelList,
+    ModelReadiness,
+    Readiness,
+    VersionInfo,
+)
+from ..schema.inputs import parse_json, validate_inputs
+from .body import read_json_body
+
+TIMEOUT_HEADER = "X-Request-Timeout"
+
+
+def _json_response(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data, separators=(",", ":")), status=status,
+                    mimetype="application/json")
+
+
+class Routes:
+    """Request handlers bound to one catalog, engine and settings."""
+
+    def __init__(self, catalog: Catalog, engine: Engine, settings: Settings) -> None:
+        self.catalog = catalog
+        self.engine = engine
+        self.settings = settings
+
+    def register(self, app: Flask) -> None:
+        app.add_url_rule("/v1/models", "list_models", self.list_models, methods=["GET"])
+        app.add_url_rule("/v1/models/<path:name>", "describe_model", self.describe_model,
+                         methods=["GET"])
+        app.add_url_rule("/v1/models/<name>/predict", "predict", self.predict, methods=["POST"])
+        app.add_url_rule("/v1/models/<name>/versions/<version>/predict", "predict_version",
+                         self.predict, methods=["POST"])
+        app.add_url_rule("/healthz", "healthz", self.healthz, methods=["GET"])
+        app.add_url_rule("/readyz", "readyz", self.readyz, methods=["GET"])
+
+    # -- predict ----------------------------------------------------------------------
+
+    def predict(self, name: str, version: str | None = None) -> Response:
+        spec = self.catalog.resolve(name, version)
+        deadline = time.monotonic() + self._timeout(spec)
+        body = read_json_body(request, self.settings.max_body_bytes)
+        payload = parse_json(body, self.settings.max_json_depth)
+        inputs, is_batch = validate_inputs(spec.input_type, body, payload, self.settings.max_items)
+        handle = self.engine.submit(spec.key, inputs, deadline)
+        try:
+            outputs = handle.result(timeout=deadline - time.monotonic())
+        except RequestTimeout:
+            handle.cancel()
+            raise
+        return _json_response(outputs if is_batch else outputs[0])
+
+    def _timeout(self, spec: ModelSpec) -> float:
+        """The request's time budget: the model's timeout, or less if the client asks."""
+        limit = spec.batching.timeout
+        raw = request.headers.get(TIMEOUT_HEADER)
+        if raw is None:
+            return limit
+        try:
+            asked = float(raw)
+        except ValueError:
+            asked = math.nan
+        if not (asked > 0 and math.isfinite(asked)):
+            raise InvalidInput(
+                f"{TIMEOUT_HEADER} must be a positive number of seconds; got {raw!r}.",
+                errors=[{"loc": ["header", TIMEOUT_HEADER], "msg": "Input should be greater than 0",
+                         "type": "greater_than"}],
+            )
+        return min(asked, limit)
+
+    # -- models -----------------------------------------------------------------------
+
+    def _info(self, name: str, detail: bool) -> ModelInfo:
+        default = self.catalog.default_version(name)
+        versions = []
+        for spec in self.catalog.versions(name):
+            status = self.engine.status(spec.key)
+            b = spec.batching
+            versions.append(VersionInfo(
+                version=spec.version,
+                default=spec.version == default,
+                state=status.state,
+                error=status.error,
+                replicas=spec.replicas,
+                replicas_ready=status.replicas_ready,
+                batching=BatchingInfo(max_size=b.max_size, max_wait_ms=b.max_wait_ms,
+                                      max_queue=b.max_queue, timeout=b.timeout),
+                predict_url=f"/v1/models/{name}/versions/{spec.version}/predict",
+                input_schema=spec.input_type.model_json_schema() if detail else None,
+                output_schema=(spec.output_type.model_json_schema(mode="serialization")
+                               if detail else None),
+            ))
+        return ModelInfo(name=name, description=self.catalog.resolve(name).description,
+                         default_version=default, versions=versions)
+
+    def list_models(self) -> Response:
+        models = ModelList(models=[self._info(n, detail=False) for n in self.catalog.names()])
+        return _json_response(models.model_dump(mode="json", exclude_none=True))
+
+    def describe_model(self, name: str) -> Response:
+        self.catalog.resolve(name)  # 404 with the known names
+        return _json_response(self._info(name, detail=True).model_dump(mode="json",
+                                                                       exclude_none=True))
+
+    # -- health -----------------------------------------------------------------------
+
+    def healthz(self) -> Response:
+        return _json_response({"status": "ok"})
+
+    def readyz(self) -> Response:
+        models = []
+        for spec in self.catalog:
+            status = self.engine.status(spec.key)
+            models.append(ModelReadiness(name=spec.name, version=spec.version,
+                                         state=status.state, error=status.error))
+        ready = all(m.state != "loading" for m in models)
+        report = Readiness(ready=ready, models=models)
+        return _json_response(report.model_dump(mode="json", exclude_none=True),
+                              200 if ready else 503)

@@ -1,0 +1,1 @@
+"""Queues and the batch policy: pure Python, no I/O, injectable clock."""

@@ -1,0 +1,104 @@
+"""The ``corral`` command: serve, openapi."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from ..config import Settings
+from ..errors import StartupError
+from ..log import configure_logging
+from ..server import Server
+
+
+def _flag_help(name: str) -> str:
+    field = Settings.model_fields[name]
+    return f"{field.description}  [default: {field.get_default()}; env CORRAL_{name.upper()}]"
+
+
+def _settings_help() -> str:
+    """Every setting with its environment variable and default, for --help."""
+    lines = ["\b", "Settings (environment variables; the flags above override them):"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "unset" if default is None else ("{}" if default == {} else str(default))
+        lines.append(f"  CORRAL_{name.upper():<20} {field.description} [default: {shown}]")
+    lines.append("  CORRAL_MODELS__<NAME>__<FIELD>  Per-model max_size, max_wait_ms, max_queue,")
+    lines.append("                                  timeout, replicas; beats the class attributes.")
+    return "\n".join(lines)
+
+
+def build_settings(**flags: Any) -> Settings:
+    """Settings from the environment, with the flags that were given on top."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise click.UsageError(f"Invalid settings: {problems}") from None
+
+
+def _load(target: str, settings: Settings) -> Server:
+    from .discover import load_server, warn_heavy_imports
+
+    try:
+        server = load_server(target)
+        server.catalog(settings)  # check every model now, before any process starts
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+    warn_heavy_imports(f"Importing {target}")
+    return server
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="corral")
+def cli() -> None:
+    """Corral: serve machine-learning models over HTTP."""
+
+
+@cli.command(epilog=_settings_help())
+@click.argument("app")
+@click.option("--host", help=_flag_help("host"))
+@click.option("--port", type=int, help=_flag_help("port"))
+@click.option("--workers", type=int, help=_flag_help("workers"))
+@click.option("--threads", type=int, help=_flag_help("threads"))
+@click.option("--worker-class", type=click.Choice(["gthread", "gevent"]),
+              help=_flag_help("worker_class"))
+@click.option("--timeout", type=int, help=_flag_help("timeout"))
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              help=_flag_help("log_level"))
+@click.option("--dev", is_flag=True, help="Run the development server, models in-process.")
+def serve(app: str, dev: bool, **flags: Any) -> None:
+    """Serve the models of APP (path/to/app.py, module:attr or path.py:attr)."""
+    settings = build_settings(**flags)
+    configure_logging(settings.log_level)
+    server = _load(app, settings)
+    from .serve import serve_dev, serve_gunicorn
+
+    if dev:
+        serve_dev(server, settings)
+    else:
+        serve_gunicorn(server, settings)
+
+
+@cli.command()
+@click.argument("app")
+def openapi(app: str) -> None:
+    """Print the OpenAPI 3.1 document of APP's models."""
+    from ..schema.openapi import build_openapi
+
+    settings = build_settings()
+    server = _load(app, settings)
+    doc = build_openapi(server.catalog(settings), settings, server.title)
+    click.echo(json.dumps(doc, indent=2))
+
+
+def main() -> None:
+    """Entry point of the ``corral`` script."""
+    sys.exit(cli(standalone_mode=True))

@@ -1,0 +1,88 @@
+"""The one settings object.
+
+Values come from, in rising precedence: field defaults, environment variables
+prefixed ``CORRAL_`` (nested groups with ``__``), and CLI flags passed as keyword
+arguments. Per-model overrides are ``CORRAL_MODELS__<NAME>__<FIELD>`` and take
+precedence over the model class's attributes. Settings are built once, by the CLI
+or the WSGI entry point, and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ModelOverrides(BaseModel):
+    """Per-model settings that override the model class's attributes when set."""
+
+    max_size: int | None = Field(None, ge=1, description="Most inputs in one predict call.")
+    max_wait_ms: float | None = Field(None, ge=0, description="Longest wait for a batch to fill.")
+    max_queue: int | None = Field(None, ge=1, description="Most inputs waiting before 503.")
+    timeout: float | None = Field(None, gt=0, description="Seconds before a request gets 504.")
+    replicas: int | None = Field(None, ge=1, description="Copies of the model serving requests.")
+
+
+class Settings(BaseSettings):
+    """Every setting of a Corral server; ``corral serve --help`` lists them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CORRAL_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    app: str | None = Field(
+        None, description="What corral.wsgi:application serves: path/to/app.py or module:attr."
+    )
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    workers: int = Field(1, ge=1, description="HTTP worker processes.")
+    threads: int = Field(
+        32, ge=1, description="Threads per gthread HTTP worker; high enough for batches to fill."
+    )
+    worker_class: Literal["gthread", "gevent"] = Field(
+        "gthread", description="Gunicorn worker class for the HTTP workers."
+    )
+    worker_connections: int = Field(
+        1000, ge=1, description="Most simultaneous clients per gevent HTTP worker."
+    )
+    timeout: int = Field(
+        120, ge=1, description="Seconds before a silent HTTP worker is killed and replaced."
+    )
+    graceful_timeout: int = Field(
+        30, ge=0, description="Seconds in-flight requests get to finish on shutdown."
+    )
+    keepalive: int = Field(
+        75, ge=0, description="Seconds an idle keep-alive connection stays open."
+    )
+    max_body_bytes: int = Field(
+        10 * 1024 * 1024, ge=1, description="Largest request body accepted; larger gets 413."
+    )
+    max_items: int = Field(
+        1024, ge=1, description="Most inputs in one JSON-array request; more gets 422."
+    )
+    max_json_depth: int = Field(
+        32, ge=2, description="Deepest JSON nesting accepted; deeper gets 400."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the corral.* loggers."
+    )
+    access_log: bool = Field(False, description="Log every request (Gunicorn access log).")
+    data_dir: Path = Field(Path(".corral"), description="Where Corral keeps its local state.")
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for admin endpoints; unset turns them off."
+    )
+    models: dict[str, ModelOverrides] = Field(
+        default_factory=dict,
+        description="Per-model overrides, e.g. CORRAL_MODELS__IRIS__MAX_SIZE=64.",
+    )
+
+    def overrides_for(self, model_name: str) -> ModelOverrides:
+        """The overrides for one model; env keys use ``_`` for the name's ``-``."""
+        key = model_name.lower().replace("-", "_")
+        for name, overrides in self.models.items():
+            if name.lower().replace("-", "_") == key:
+                return overrides
+        return ModelOverrides()

@@ -1,0 +1,82 @@
+"""The base class users subclass to serve a model.
+
+Lifecycle of a :class:`Model` subclass:
+
+* Its class is imported by every process of the server (HTTP workers import it
+  for its input and output types), so the module that defines it should stay
+  light: heavy imports belong in :meth:`Model.load`.
+* One instance is created per *replica*; :meth:`Model.load` runs once in that
+  replica, before any call to :meth:`Model.predict`. HTTP workers never call it.
+* :meth:`Model.predict` is called with a list of validated inputs and returns a
+  list of outputs of the same length, in order. It is never called concurrently
+  on one instance: a replica runs one batch at a time, so ``predict`` needs no
+  locking of its own state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How requests to a model are grouped and admitted.
+
+    ``max_size``: most inputs in one call to ``predict``.
+    ``max_wait_ms``: longest a request waits for a batch to fill while a replica is
+    busy elsewhere; when no replica is busy a batch goes at once.
+    ``max_queue``: most inputs waiting; beyond it requests get 503 ``overloaded``.
+    ``timeout``: seconds a request may wait for its result before a 504.
+    """
+
+    max_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 2048
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_size < 1:
+            raise ValueError(f"Batching.max_size must be at least 1, not {self.max_size}.")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"Batching.max_wait_ms must be >= 0, not {self.max_wait_ms}.")
+        if self.max_queue < 1:
+            raise ValueError(f"Batching.max_queue must be at least 1, not {self.max_queue}.")
+        if self.timeout <= 0:
+            raise ValueError(f"Batching.timeout must be > 0, not {self.timeout}.")
+
+
+# Used for models that declare no batching: one input per call, same admission rules.
+NO_BATCHING = Batching(max_size=1, max_wait_ms=0.0)
+
+
+class Model:
+    """A model served by Corral. Subclass it and implement :meth:`predict`.
+
+    Class attributes (all optional):
+
+    ``name``: the URL name; default is the class name in kebab case without a
+    trailing ``Model`` (``SentimentModel`` -> ``sentiment``).
+    ``version``: a string; several classes may share a name with different versions.
+    ``default``: mark one version as the one served at the unversioned path; without
+    it the highest version is served there.
+    ``batching``: a :class:`Batching`; absent means one input per call.
+    ``replicas``: how many copies of the model serve requests.
+
+    The input and output types are read from the annotations of ``predict``:
+    ``def predict(self, batch: list[In]) -> list[Out]`` where ``In`` and ``Out`` are
+    pydantic models.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    default: ClassVar[bool] = False
+    batching: ClassVar[Batching | None] = None
+    replicas: ClassVar[int] = 1
+
+    def load(self) -> None:
+        """Load weights and warm up. Runs once per replica, before any predict."""
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        """Compute one output per input, in order. Raise InvalidInput to reject an input."""
+        raise NotImplementedError(f"{type(self).__name__} must implement predict(self, batch).")

@@ -1,0 +1,1 @@
+"""Declared models: their specs, versions and the default-version rule."""

@@ -1,0 +1,148 @@
+"""ModelSpec: what Corral knows about one declared model version, checked at start-up."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, RootModel
+
+from ..config import Settings
+from ..errors import StartupError
+from ..model import NO_BATCHING, Batching, Model
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """A model version's identity: its URL name and version."""
+
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model version with its types and effective settings."""
+
+    cls: type[Model]
+    key: ModelKey
+    input_type: type[BaseModel]
+    output_type: type[BaseModel]
+    batching: Batching
+    replicas: int
+    default: bool
+    description: str
+
+    @property
+    def name(self) -> str:
+        return self.key.name
+
+    @property
+    def version(self) -> str:
+        return self.key.version
+
+
+def kebab_name(class_name: str) -> str:
+    """``SentimentModel`` -> ``sentiment``; ``HTTPLogModel`` -> ``http-log``."""
+    base = class_name[: -len("Model")] if class_name.endswith("Model") and class_name != "Model" else class_name
+    words = re.findall(r"[A-Z]+(?=[A-Z][a-z0-9]|\b|_|$)|[A-Z]?[a-z0-9]+|[A-Z]+", base)
+    return "-".join(w.lower() for w in words) or class_name.lower()
+
+
+def build_spec(cls: type[Model], settings: Settings) -> ModelSpec:
+    """Check a model class and combine it with its overrides from the settings.
+
+    Raises StartupError with a message that names the class and the fix.
+    """
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    if not (isinstance(cls, type) and issubclass(cls, Model)) or cls is Model:
+        raise StartupError(f"{where} is not a subclass of corral.Model.")
+    if cls.predict is Model.predict:
+        raise StartupError(f"{where} must implement predict(self, batch: list[In]) -> list[Out].")
+
+    name = cls.name or kebab_name(cls.__name__)
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise StartupError(
+            f"{where}: model name {name!r} is not usable in a URL; use lowercase letters, "
+            "digits, '-', '_' or '.', starting with a letter or digit."
+        )
+    version = cls.version
+    if not isinstance(version, str) or not _VERSION_RE.match(version):
+        raise StartupError(
+            f"{where}: version {version!r} must be a string of letters, digits, '.', '-' or '_', "
+            "such as \"1\" or \"2024-05\"."
+        )
+    input_type, output_type = _io_types(cls, where)
+    overrides = settings.overrides_for(name)
+
+    batching = cls.batching or NO_BATCHING
+    if not isinstance(batching, Batching):
+        raise StartupError(f"{where}: batching must be a corral.Batching, not {type(batching).__name__}.")
+    try:
+        batching = Batching(
+            max_size=overrides.max_size or batching.max_size,
+            max_wait_ms=batching.max_wait_ms if overrides.max_wait_ms is None else overrides.max_wait_ms,
+            max_queue=overrides.max_queue or batching.max_queue,
+            timeout=overrides.timeout or batching.timeout,
+        )
+    except ValueError as exc:
+        raise StartupError(f"{where}: {exc}") from None
+    replicas = overrides.replicas or cls.replicas
+    if not isinstance(replicas, int) or replicas < 1:
+        raise StartupError(f"{where}: replicas must be a positive integer, not {replicas!r}.")
+
+    return ModelSpec(
+        cls=cls,
+        key=ModelKey(name, version),
+        input_type=input_type,
+        output_type=output_type,
+        batching=batching,
+        replicas=replicas,
+        default=bool(cls.default),
+        description=inspect.getdoc(cls) or "",
+    )
+
+
+def _io_types(cls: type[Model], where: str) -> tuple[type[BaseModel], type[BaseModel]]:
+    """Read ``In`` and ``Out`` from ``def predict(self, batch: list[In]) -> list[Out]``."""
+    try:
+        hints = typing.get_type_hints(cls.predict)
+    except Exception as exc:  # a NameError in a forward reference, typically
+        raise StartupError(f"{where}.predict: cannot resolve its type annotations: {exc}") from None
+    params = [p for p in inspect.signature(cls.predict).parameters if p != "self"]
+    if len(params) != 1:
+        raise StartupError(f"{where}.predict must take exactly one argument, the batch (a list).")
+    return (
+        _element_type(hints.get(params[0]), where, "input", f"the '{params[0]}' argument"),
+        _element_type(hints.get("return"), where, "output", "the return annotation"),
+    )
+
+
+def _element_type(hint: Any, where: str, role: str, what: str) -> type[BaseModel]:
+    example = "def predict(self, batch: list[MyInput]) -> list[MyOutput]"
+    if hint is None:
+        raise StartupError(f"{where}.predict: {what} needs a type, as in `{example}`.")
+    if typing.get_origin(hint) is not list or len(typing.get_args(hint)) != 1:
+        raise StartupError(
+            f"{where}.predict: {what} must be a list of one pydantic model, as in `{example}`; "
+            f"found {hint!r}."
+        )
+    (element,) = typing.get_args(hint)
+    if not (isinstance(element, type) and issubclass(element, BaseModel)) or issubclass(
+        element, RootModel
+    ):
+        raise StartupError(
+            f"{where}.predict: the {role} type must be a pydantic model with fields (a JSON object); "
+            f"found {element!r}. Wrap the value in a field, e.g. "
+            f"`class {role.capitalize()}(BaseModel): value: {getattr(element, '__name__', element)}`."
+        )
+    return element

@@ -1,0 +1,1 @@
+"""API types: input validation, problem details and the OpenAPI document."""

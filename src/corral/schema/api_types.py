@@ -1,0 +1,84 @@
+"""Response bodies of Corral's own endpoints, as pydantic models.
+
+The OpenAPI document takes their JSON Schemas from here, so what the server
+sends and what the document promises cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class BatchingInfo(BaseModel):
+    max_size: int
+    max_wait_ms: float
+    max_queue: int
+    timeout: float
+
+
+class VersionInfo(BaseModel):
+    """One version of a model, as GET /v1/models and /v1/models/{name} show it."""
+
+    version: str
+    default: bool
+    state: Literal["loading", "ready", "failed"]
+    error: str | None = Field(None, description="Why the model failed to load, when it did.")
+    replicas: int
+    replicas_ready: int
+    batching: BatchingInfo
+    predict_url: str
+    input_schema: dict[str, Any] | None = Field(
+        None, description="JSON Schema of one input (detail endpoint only)."
+    )
+    output_schema: dict[str, Any] | None = Field(
+        None, description="JSON Schema of one output (detail endpoint only)."
+    )
+
+
+class ModelInfo(BaseModel):
+    name: str
+    description: str
+    default_version: str
+    versions: list[VersionInfo]
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class ModelReadiness(BaseModel):
+    name: str
+    version: str
+    state: Literal["loading", "ready", "failed"]
+    error: str | None = None
+
+
+class Readiness(BaseModel):
+    ready: bool
+    models: list[ModelReadiness]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document, as every error response carries."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[ErrorItem] | None = Field(None, description="Each invalid field (422 only).")
+    error_id: str | None = Field(None, description="Where to look in the server log (500 only).")
+    retry_after: int | None = Field(None, description="Seconds to wait before retrying (503).")

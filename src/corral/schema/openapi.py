@@ -1,0 +1,189 @@
+"""The OpenAPI 3.1 document, built once from the catalog and the settings.
+
+Every operation lists every status it can return, with the problem ``type``
+values each status can carry, so clients (and schemathesis) can rely on it.
+Each model version gets concrete paths, so the document shows each model's own
+input and output schemas and examples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from ..config import Settings
+from ..registry.catalog import Catalog
+from ..registry.spec import ModelSpec
+from .api_types import Health, ModelInfo, ModelList, Problem, Readiness
+
+REF = "#/components/schemas/{model}"
+
+_PROBLEMS: dict[int, tuple[str, list[str]]] = {
+    400: ("The body is not JSON, or nested too deep.", ["invalid-json"]),
+    404: ("No such model or version; the detail lists the known ones.",
+          ["model-not-found", "version-not-found", "not-found"]),
+    413: ("The body is larger than the server accepts.", ["payload-too-large"]),
+    415: ("The body is not sent as application/json.", ["unsupported-media-type"]),
+    422: ("The input does not match the model's input schema; `errors` names each field.",
+          ["validation-error"]),
+    500: ("The model raised; `error_id` finds the traceback in the server log.", ["model-error"]),
+    502: ("The model worker died while computing this request.", ["worker-crashed"]),
+    503: ("The model is overloaded or loading (with Retry-After), or failed to load.",
+          ["overloaded", "model-loading", "model-failed"]),
+    504: ("The request's deadline passed before a result was ready.", ["timeout"]),
+}
+
+_PREDICT_STATUSES = (400, 413, 415, 422, 500, 502, 503, 504)
+
+
+def build_openapi(catalog: Catalog, settings: Settings, title: str = "Corral") -> dict[str, Any]:
+    """The whole document, as a JSON-ready dict."""
+    io_types: list[tuple[type[BaseModel], Any]] = []
+    for spec in catalog:
+        io_types += [(spec.input_type, "validation"), (spec.output_type, "serialization")]
+    io_types += [(t, "serialization") for t in (ModelList, ModelInfo, Readiness, Health, Problem)]
+    refs, defs = models_json_schema(io_types, ref_template=REF)
+    schemas: dict[str, Any] = defs.get("$defs", {})
+
+    def ref(t: type[BaseModel], mode: str) -> dict[str, Any]:
+        return dict(refs[(t, mode)])  # type: ignore[index]
+
+    paths: dict[str, Any] = {
+        "/v1/models": {"get": _operation(
+            "List models", "Every model with its versions, their state and batching.",
+            "models", {200: _json("The models.", ref(ModelList, "serialization"))})},
+        "/v1/models/{name}": {"get": _operation(
+            "Describe a model",
+            "One model's versions, state, batching, and input and output JSON Schemas.",
+            "models",
+            {200: _json("The model.", ref(ModelInfo, "serialization")), 404: _problem(404)},
+            parameters=[{"name": "name", "in": "path", "required": True,
+                         "schema": {"type": "string"}, "description": "The model's name."}])},
+        "/healthz": {"get": _operation(
+            "Liveness", "200 while the server process is alive.", "health",
+            {200: _json("Alive.", ref(Health, "serialization"))})},
+        "/readyz": {"get": _operation(
+            "Readiness",
+            "200 when every model that has not permanently failed is ready; 503 otherwise. "
+            "The body lists each model's state.", "health",
+            {200: _json("Ready.", ref(Readiness, "serialization")),
+             503: _json("Not ready yet.", ref(Readiness, "serialization"))})},
+        "/openapi.json": {"get": _operation(
+            "OpenAPI document", "This document.", "docs",
+            {200: _json("The OpenAPI 3.1 document.", {"type": "object"})})},
+        "/docs": {"get": _operation(
+            "Swagger UI", "Interactive documentation, served from local files.", "docs",
+            {200: {"description": "An HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}})},
+    }
+    for name in catalog.names():
+        default = catalog.default_version(name)
+        for spec in catalog.versions(name):
+            op = _predict_operation(spec, settings, ref(spec.input_type, "validation"),
+                                    ref(spec.output_type, "serialization"), schemas)
+            paths[f"/v1/models/{name}/versions/{spec.version}/predict"] = {"post": {
+                **op, "operationId": f"predict_{_ident(name)}_v{_ident(spec.version)}",
+                "summary": f"Predict with {name} version {spec.version}"}}
+            if spec.version == default:
+                paths[f"/v1/models/{name}/predict"] = {"post": {
+                    **op, "operationId": f"predict_{_ident(name)}",
+                    "summary": f"Predict with {name} (default version {spec.version})"}}
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": title,
+            "version": "v1",
+            "description": (
+                "Models served by Corral. Every error is `application/problem+json` "
+                "(RFC 9457) with a stable `type`; validation errors list each field in `errors`."
+            ),
+        },
+        "tags": [{"name": n, "description": catalog.resolve(n).description or f"Model {n}."}
+                 for n in catalog.names()]
+        + [{"name": "models"}, {"name": "health"}, {"name": "docs"}],
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+
+
+def _ident(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _problem(status: int) -> dict[str, Any]:
+    description, types = _PROBLEMS[status]
+    return {
+        "description": f"{description} Problem types: {', '.join(types)}.",
+        "content": {"application/problem+json": {"schema": {"$ref": REF.format(model="Problem")}}},
+    }
+
+
+def _operation(summary: str, description: str, tag: str, responses: dict[int, Any],
+               parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary, "description": description, "tags": [tag],
+        "operationId": summary.lower().replace(" ", "_"),
+        "responses": {str(k): v for k, v in responses.items()},
+    }
+    if parameters:
+        op["parameters"] = parameters
+    return op
+
+
+def _predict_operation(spec: ModelSpec, settings: Settings, input_ref: dict[str, Any],
+                       output_ref: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    b = spec.batching
+    body_schema = {"oneOf": [
+        input_ref,
+        {"type": "array", "items": input_ref, "minItems": 1, "maxItems": settings.max_items},
+    ]}
+    media: dict[str, Any] = {"schema": body_schema}
+    example = _example(schemas, input_ref)
+    if example is not None:
+        media["examples"] = {
+            "one": {"summary": "One input", "value": example},
+            "batch": {"summary": "Several inputs", "value": [example, example]},
+        }
+    responses: dict[str, Any] = {
+        "200": _json(
+            "One output for an object body; an array of outputs, in order, for an array body.",
+            {"oneOf": [output_ref, {"type": "array", "items": output_ref}]}),
+    }
+    responses.update({str(s): _problem(s) for s in _PREDICT_STATUSES})
+    return {
+        "description": (
+            f"{spec.description}\n\nSend one input object, or an array of up to "
+            f"{settings.max_items} inputs (validated all or nothing). Batching: up to "
+            f"{b.max_size} inputs per call, waiting at most {b.max_wait_ms:g} ms for a batch "
+            f"to fill; queue bound {b.max_queue}; timeout {b.timeout:g} s."
+        ).strip(),
+        "tags": [spec.name],
+        "parameters": [{
+            "name": "X-Request-Timeout", "in": "header", "required": False,
+            "description": f"Seconds to wait for a result, at most {b.timeout:g}.",
+            "schema": {"type": "number", "exclusiveMinimum": 0},
+        }],
+        "requestBody": {"required": True, "content": {"application/json": media}},
+        "responses": responses,
+    }
+
+
+def _example(schemas: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any] | None:
+    """An input built from the fields' examples and defaults, if every required field has one."""
+    name = str(ref.get("$ref", "")).rsplit("/", 1)[-1]
+    schema = schemas.get(name, {})
+    example: dict[str, Any] = {}
+    for field, prop in schema.get("properties", {}).items():
+        if prop.get("examples"):
+            example[field] = prop["examples"][0]
+        elif "default" in prop:
+            example[field] = prop["default"]
+        elif field in schema.get("required", []):
+            return None
+    return example

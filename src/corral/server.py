@@ -1,0 +1,68 @@
+"""Server: a set of models served together, and the composition root.
+
+``app = corral.Server([SentimentModel, IrisModel])`` declares what is served.
+The Server builds every part from a :class:`~corral.config.Settings`: the
+catalog of model specs, the engine that runs them and the Flask app in front.
+It is itself a WSGI application (models run in-process), so ``app.py:app`` works
+under uWSGI, Waitress or any WSGI server.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from .config import Settings
+from .errors import StartupError
+from .model import Model
+from .registry.catalog import Catalog
+from .registry.spec import build_spec
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from flask import Flask
+
+    from .engine import Engine
+
+
+class Server:
+    """The models one Corral server serves."""
+
+    def __init__(self, models: Sequence[type[Model]], *, title: str = "Corral") -> None:
+        models = list(models)
+        for m in models:
+            if not (isinstance(m, type) and issubclass(m, Model)):
+                raise StartupError(
+                    f"Server() takes corral.Model subclasses; got {m!r}. Pass the class, "
+                    "not an instance."
+                )
+        self.models = models
+        self.title = title
+        self._wsgi: Flask | None = None
+        self._lock = threading.Lock()
+
+    def catalog(self, settings: Settings) -> Catalog:
+        """Check every model and combine it with its settings overrides."""
+        return Catalog(build_spec(m, settings) for m in self.models)
+
+    def create_app(self, settings: Settings, engine: Engine | None = None) -> Flask:
+        """The Flask app; with no engine given, models run in this process."""
+        from .api.app import create_app
+        from .workers.inprocess import InProcessEngine
+
+        catalog = self.catalog(settings)
+        engine = engine or InProcessEngine(catalog)
+        app = create_app(catalog, engine, settings, title=self.title)
+        app.extensions["corral.engine"] = engine
+        return app
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """WSGI entry point for servers that import ``app.py:app`` (settings from CORRAL_*)."""
+        if self._wsgi is None:
+            with self._lock:
+                if self._wsgi is None:
+                    self._wsgi = self.create_app(Settings())
+        result: Iterable[bytes] = self._wsgi(environ, start_response)
+        return result
+

@@ -1,0 +1,1 @@
+"""Where models run: engines that load models and compute batches."""

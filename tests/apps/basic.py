@@ -1,0 +1,14 @@
+"""An app for end-to-end tests: the fixture models, served together."""
+
+import corral
+from tests.fixtures import (
+    BrokenLoadModel,
+    EchoV1Model,
+    EchoV2Model,
+    EchoV10Model,
+    SlowLoadModel,
+    SumModel,
+)
+
+app = corral.Server([SumModel, EchoV1Model, EchoV2Model, EchoV10Model, BrokenLoadModel,
+                     SlowLoadModel])

@@ -1,0 +1,93 @@
+"""Shared test helpers: free ports and real `corral serve` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = ROOT / "tests" / "apps"
+CORRAL = [sys.executable, "-m", "corral"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A running `corral serve` and where to reach it."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0, path: str = "/healthz") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"corral serve exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"server not ready on {path} within {timeout}s:\n{self.log()}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start `corral serve APP ARGS...` on a free port in a temporary directory."""
+    started: list[ServerProcess] = []
+
+    def start(app: str, *args: str, env: dict[str, str] | None = None,
+              ready_path: str = "/readyz", timeout: float = 60.0) -> ServerProcess:
+        port = free_port()
+        log_path = tmp_path / f"serve-{port}.log"
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "CORRAL_DATA_DIR": str(tmp_path / "data"),
+                    **(env or {})}
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [*CORRAL, "serve", app, "--port", str(port), *args],
+                cwd=tmp_path, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        server = ServerProcess(proc, port, log_path)
+        started.append(server)
+        server.wait_ready(timeout, ready_path)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

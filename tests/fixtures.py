@@ -1,0 +1,117 @@
+"""Small named test models, used by unit and end-to-end tests alike."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import corral
+from corral.errors import InvalidInput
+
+
+class Numbers(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    values: list[float] = Field(min_length=1, max_length=100, examples=[[1, 2, 3]])
+    delay: float = Field(0.0, ge=0, le=10, description="Seconds to sleep in predict.")
+    poison: bool = Field(False, description="Make predict raise for the whole batch.")
+    reject: bool = Field(False, description="Make predict raise InvalidInput.")
+    spin: float = Field(0.0, ge=0, le=10, description="Seconds to busy-loop in predict.")
+
+
+class Total(BaseModel):
+    total: float
+    batch_size: int
+    pid: int
+
+
+class SumModel(corral.Model):
+    """Adds numbers; records batch sizes, and raises on poison inputs."""
+
+    batching = corral.Batching(max_size=8, max_wait_ms=20, max_queue=64, timeout=10)
+    batch_sizes: list[int] = []
+    seen: list[list[float]] = []
+
+    def predict(self, batch: list[Numbers]) -> list[Total]:
+        type(self).batch_sizes.append(len(batch))
+        type(self).seen.extend(x.values for x in batch)
+        time.sleep(max(x.delay for x in batch))
+        spin_until = time.monotonic() + max(x.spin for x in batch)
+        while time.monotonic() < spin_until:  # CPU-bound, never yields to an event loop
+            pass
+        if any(x.poison for x in batch):
+            raise RuntimeError("secret internal detail: poisoned")
+        if any(x.reject for x in batch):
+            raise InvalidInput("This input is rejected by the model: reject=true.")
+        return [Total(total=sum(x.values), batch_size=len(batch), pid=os.getpid()) for x in batch]
+
+
+class Word(BaseModel):
+    word: str = Field(min_length=1, max_length=50, examples=["corral"])
+
+
+class Upper(BaseModel):
+    upper: str
+
+
+class EchoV1Model(corral.Model):
+    """First version: upper-cases."""
+
+    name = "echo"
+    version = "1"
+
+    def predict(self, batch: list[Word]) -> list[Upper]:
+        return [Upper(upper=w.word.upper()) for w in batch]
+
+
+class EchoV2Model(corral.Model):
+    """Second version: upper-cases and reverses; the default."""
+
+    name = "echo"
+    version = "2"
+    default = True
+
+    def predict(self, batch: list[Word]) -> list[Upper]:
+        return [Upper(upper=w.word.upper()[::-1]) for w in batch]
+
+
+class EchoV10Model(corral.Model):
+    """Version 10: highest, but not the default since v2 is marked."""
+
+    name = "echo"
+    version = "10"
+
+    def predict(self, batch: list[Word]) -> list[Upper]:
+        return [{"upper": w.word} for w in batch]  # type: ignore[misc]
+
+
+class BrokenLoadModel(corral.Model):
+    """load() always raises."""
+
+    def load(self) -> None:
+        raise OSError("weights file missing: /secret/path")
+
+    def predict(self, batch: list[Word]) -> list[Upper]:
+        raise AssertionError("never called")
+
+
+class SlowLoadModel(corral.Model):
+    """load() takes a while (or until released, in-process)."""
+
+    release = threading.Event()
+
+    def load(self) -> None:
+        self.release.wait(float(os.environ.get("SLOW_LOAD_SECONDS", "3")))
+
+    def predict(self, batch: list[Word]) -> list[Upper]:
+        return [Upper(upper=w.word) for w in batch]
+
+
+class BadOutputModel(corral.Model):
+    """Returns the wrong number of outputs."""
+
+    def predict(self, batch: list[Word]) -> list[Upper]:
+        return []

@@ -1,0 +1,336 @@
+"""The HTTP API through Flask's test client, with models in-process (real threads)."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+import corral
+from corral.config import Settings
+from tests.fixtures import (
+    BadOutputModel,
+    BrokenLoadModel,
+    EchoV1Model,
+    EchoV2Model,
+    EchoV10Model,
+    SlowLoadModel,
+    SumModel,
+)
+
+PROBLEM = "application/problem+json"
+
+
+def wait_ready(client: FlaskClient, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.02)
+    raise AssertionError(client.get("/readyz").json)
+
+
+def make_app(*models: type[corral.Model], **settings: Any) -> Flask:
+    app = corral.Server(list(models)).create_app(Settings(**settings))
+    wait_ready(app.test_client())
+    return app
+
+
+@pytest.fixture
+def app() -> Iterator[Flask]:
+    SumModel.batch_sizes.clear()
+    SumModel.seen.clear()
+    app = make_app(SumModel, EchoV1Model, EchoV2Model, EchoV10Model, BrokenLoadModel,
+                   BadOutputModel, max_body_bytes=4096, max_items=5)
+    yield app
+    app.extensions["corral.engine"].stop()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def post(client: FlaskClient, path: str, body: Any, **kw: Any) -> Any:
+    return client.post(path, data=json.dumps(body), content_type="application/json", **kw)
+
+
+def assert_problem(resp: Any, status: int, type_: str) -> dict[str, Any]:
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert resp.mimetype == PROBLEM
+    body = resp.get_json(force=True)
+    assert body["type"] == type_ and body["status"] == status and body["detail"]
+    assert "Traceback" not in resp.get_data(as_text=True)
+    return dict(body)
+
+
+# -- predict ---------------------------------------------------------------------------
+
+
+def test_one_object_gives_one_output(client: FlaskClient) -> None:
+    resp = post(client, "/v1/models/sum/predict", {"values": [1, 2, 3.5]})
+    assert resp.status_code == 200
+    assert resp.get_json()["total"] == 6.5
+
+
+def test_array_gives_outputs_in_order(client: FlaskClient) -> None:
+    resp = post(client, "/v1/models/sum/predict", [{"values": [i, i]} for i in range(5)])
+    assert resp.status_code == 200
+    assert [r["total"] for r in resp.get_json()] == [0, 2, 4, 6, 8]
+
+
+def test_default_and_explicit_versions(client: FlaskClient) -> None:
+    assert post(client, "/v1/models/echo/predict", {"word": "abc"}).get_json() == {"upper": "CBA"}
+    v1 = post(client, "/v1/models/echo/versions/1/predict", {"word": "abc"})
+    assert v1.get_json() == {"upper": "ABC"}
+    v10 = post(client, "/v1/models/echo/versions/10/predict", {"word": "abc"})
+    assert v10.get_json() == {"upper": "abc"}  # dict outputs are validated and accepted
+
+
+# -- bad input -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw, detail", [
+    (b"{bad", "not valid JSON"),
+    (b"", "empty"),
+    (b'{"values": [NaN]}', "NaN"),
+    (b"[" * 40 + b"]" * 40, "nested deeper than 32"),
+    (b"[" * 1500 + b"]" * 1500, "nested deeper"),
+    (b"\xff\xfe", "JSON"),
+])
+def test_malformed_json_is_400(client: FlaskClient, raw: bytes, detail: str) -> None:
+    resp = client.post("/v1/models/sum/predict", data=raw, content_type="application/json")
+    body = assert_problem(resp, 400, "invalid-json")
+    assert detail in body["detail"]
+
+
+def test_wrong_content_type_is_415(client: FlaskClient) -> None:
+    resp = client.post("/v1/models/sum/predict", data="values=1", content_type="text/plain")
+    body = assert_problem(resp, 415, "unsupported-media-type")
+    assert "text/plain" in body["detail"]
+    assert_problem(client.post("/v1/models/sum/predict", data=b"{}"), 415,
+                   "unsupported-media-type")
+
+
+def test_oversized_body_is_413(client: FlaskClient) -> None:
+    resp = post(client, "/v1/models/sum/predict", {"values": [1.0] * 2000})
+    body = assert_problem(resp, 413, "payload-too-large")
+    assert "4096" in body["detail"]
+
+
+def test_oversized_body_without_length_is_413(client: FlaskClient) -> None:
+    # A chunked body: no Content-Length, the server marks the input as terminated.
+    body = io.BytesIO(b'{"values": [' + b"1.0," * 2000 + b"1.0]}")
+    resp = client.post("/v1/models/sum/predict", input_stream=body,
+                       content_type="application/json",
+                       environ_overrides={"wsgi.input_terminated": True})
+    assert_problem(resp, 413, "payload-too-large")
+
+
+@pytest.mark.parametrize("body, locs", [
+    ({"values": "x"}, [["values"]]),
+    ({}, [["values"]]),
+    ({"values": []}, [["values"]]),
+    ({"values": [1], "delay": 99}, [["delay"]]),
+    ({"values": [1], "surprise": 1}, [["surprise"]]),
+    ({"values": ["1"]}, [["values", 0]]),  # strict JSON: a string is not a number
+    ([{"values": [1]}, {"values": "x"}, {}], [[1, "values"], [2, "values"]]),
+    ([{"values": [1]}, 7], [[1]]),
+])
+def test_invalid_inputs_are_422_naming_each_field(client: FlaskClient, body: Any,
+                                                   locs: list[list[Any]]) -> None:
+    resp = post(client, "/v1/models/sum/predict", body)
+    problem = assert_problem(resp, 422, "validation-error")
+    assert [e["loc"] for e in problem["errors"]] == locs
+    assert all(e["msg"] and e["type"] for e in problem["errors"])
+
+
+@pytest.mark.parametrize("body, msg", [
+    ([], "at least 1"),
+    ([{"values": [1]}] * 6, "at most 5"),
+    ("text", "got a string"),
+    (None, "got null"),
+    (3, "got a number"),
+])
+def test_wrong_shapes_are_422(client: FlaskClient, body: Any, msg: str) -> None:
+    problem = assert_problem(post(client, "/v1/models/sum/predict", body), 422,
+                             "validation-error")
+    assert msg in problem["detail"] or msg in problem["errors"][0]["msg"]
+
+
+def test_unknown_model_and_version_are_404_listing_known(client: FlaskClient) -> None:
+    problem = assert_problem(post(client, "/v1/models/nope/predict", {}), 404, "model-not-found")
+    assert "echo" in problem["detail"] and "sum" in problem["detail"]
+    problem = assert_problem(post(client, "/v1/models/echo/versions/3/predict", {"word": "a"}),
+                             404, "version-not-found")
+    assert "1, 2, 10" in problem["detail"]
+    assert_problem(client.get("/v1/models/nope"), 404, "model-not-found")
+    assert_problem(client.get("/nowhere"), 404, "not-found")
+
+
+def test_wrong_method_is_405_with_allow(client: FlaskClient) -> None:
+    resp = client.delete("/v1/models")
+    assert_problem(resp, 405, "method-not-allowed")
+    assert "GET" in resp.headers["Allow"]
+    assert_problem(client.put("/v1/models/sum/predict"), 405, "method-not-allowed")
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan", "inf"])
+def test_bad_timeout_header_is_422(client: FlaskClient, value: str) -> None:
+    resp = post(client, "/v1/models/sum/predict", {"values": [1]},
+                headers={"X-Request-Timeout": value})
+    problem = assert_problem(resp, 422, "validation-error")
+    assert problem["errors"][0]["loc"] == ["header", "X-Request-Timeout"]
+
+
+# -- model failures --------------------------------------------------------------------
+
+
+def in_threads(*calls: Any) -> list[Any]:
+    """Run callables at once; return their results in order."""
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        results[i] = calls[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)  # keep arrival order; correctness does not depend on it
+    for t in threads:
+        t.join(30)
+    return results
+
+
+def test_poison_input_fails_alone_and_server_keeps_serving(app: Flask) -> None:
+    def call(body: dict[str, Any]) -> Any:
+        return lambda: post(app.test_client(), "/v1/models/sum/predict", body)
+
+    # The first request holds the only replica, so the next three queue up and
+    # form one batch when it is free.
+    busy, good1, poison, good2 = in_threads(
+        call({"values": [0], "delay": 0.5}),
+        call({"values": [1]}), call({"values": [2], "poison": True}), call({"values": [3]}),
+    )
+    assert busy.status_code == 200
+    assert good1.status_code == 200 and good1.get_json()["total"] == 1
+    assert good2.status_code == 200 and good2.get_json()["total"] == 3
+    problem = assert_problem(poison, 500, "model-error")
+    assert problem["error_id"] in problem["detail"]
+    assert "secret" not in poison.get_data(as_text=True)
+    assert 3 in SumModel.batch_sizes  # the three did share a batch before isolation
+    assert post(app.test_client(), "/v1/models/sum/predict", {"values": [4]}).status_code == 200
+
+
+def test_model_invalid_input_is_422_with_its_message(client: FlaskClient) -> None:
+    problem = assert_problem(post(client, "/v1/models/sum/predict", {"values": [1], "reject": True}),
+                             422, "validation-error")
+    assert "reject=true" in problem["detail"]
+
+
+def test_invalid_output_is_500(client: FlaskClient) -> None:
+    problem = assert_problem(post(client, "/v1/models/bad-output/predict", {"word": "a"}), 500,
+                             "model-error")
+    assert problem["error_id"]
+
+
+def test_failed_load_is_503_model_failed(client: FlaskClient) -> None:
+    resp = post(client, "/v1/models/broken-load/predict", {"word": "a"})
+    assert_problem(resp, 503, "model-failed")
+    assert "Retry-After" not in resp.headers
+    info = client.get("/v1/models/broken-load").get_json()
+    assert info["versions"][0]["state"] == "failed"
+    assert "OSError" in info["versions"][0]["error"]
+    assert "/secret/path" not in json.dumps(info)
+    assert client.get("/readyz").status_code == 200  # a permanently failed model does not block
+
+
+def test_timeout_is_504_and_never_computed(app: Flask) -> None:
+    def slow() -> Any:
+        return post(app.test_client(), "/v1/models/sum/predict", {"values": [0], "delay": 1.0})
+
+    def hurried() -> Any:
+        return post(app.test_client(), "/v1/models/sum/predict", {"values": [424242]},
+                    headers={"X-Request-Timeout": "0.2"})
+
+    slow_resp, hurried_resp = in_threads(slow, hurried)
+    assert slow_resp.status_code == 200
+    assert_problem(hurried_resp, 504, "timeout")
+    time.sleep(0.3)  # let the replica pick up whatever is left in the queue
+    assert [424242] not in SumModel.seen
+
+
+def test_full_queue_is_503_overloaded() -> None:
+    app = make_app(SumModel, models={"sum": {"max_queue": 2}})
+    try:
+        def call(delay: float) -> Any:
+            return lambda: post(app.test_client(), "/v1/models/sum/predict",
+                                {"values": [1], "delay": delay})
+
+        results = in_threads(call(0.5), *(call(0) for _ in range(5)))
+        statuses = sorted(r.status_code for r in results)
+        assert statuses.count(200) >= 3 and 503 in statuses
+        rejected = next(r for r in results if r.status_code == 503)
+        assert_problem(rejected, 503, "overloaded")
+        assert rejected.headers["Retry-After"] == "1"
+    finally:
+        app.extensions["corral.engine"].stop()
+
+
+def test_loading_model_is_503_with_retry_after() -> None:
+    SlowLoadModel.release.clear()
+    app = corral.Server([SlowLoadModel, EchoV1Model]).create_app(Settings())
+    client = app.test_client()
+    try:
+        resp = post(client, "/v1/models/slow-load/predict", {"word": "a"})
+        assert_problem(resp, 503, "model-loading")
+        assert int(resp.headers["Retry-After"]) >= 1
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        states = {m["name"]: m["state"] for m in ready.get_json()["models"]}
+        assert states["slow-load"] == "loading"
+        SlowLoadModel.release.set()
+        wait_ready(client)
+        assert post(client, "/v1/models/slow-load/predict", {"word": "a"}).status_code == 200
+    finally:
+        SlowLoadModel.release.set()
+        app.extensions["corral.engine"].stop()
+
+
+# -- listing, health, docs -------------------------------------------------------------
+
+
+def test_model_listing_and_detail(client: FlaskClient) -> None:
+    listing = client.get("/v1/models").get_json()
+    names = [m["name"] for m in listing["models"]]
+    assert names == ["bad-output", "broken-load", "echo", "sum"]
+    echo = client.get("/v1/models/echo").get_json()
+    assert echo["default_version"] == "2"
+    assert [v["version"] for v in echo["versions"]] == ["1", "2", "10"]
+    v2 = echo["versions"][1]
+    assert v2["default"] and v2["state"] == "ready" and v2["replicas_ready"] == 1
+    assert v2["input_schema"]["properties"]["word"]["maxLength"] == 50
+    assert "upper" in v2["output_schema"]["properties"]
+    sum_info = client.get("/v1/models/sum").get_json()["versions"][0]
+    assert sum_info["batching"] == {"max_size": 8, "max_wait_ms": 20.0, "max_queue": 64,
+                                    "timeout": 10.0}
+
+
+def test_health_and_docs(client: FlaskClient) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and b"swagger-ui-bundle.js" in docs.data
+    assert b"//" not in docs.data.split(b"<script")[1].split(b">")[0]  # no CDN URL
+    with client.get("/docs/swagger-ui-bundle.js") as asset:
+        assert asset.status_code == 200 and len(asset.data) > 100_000
+    assert_problem(client.get("/docs/../../etc/passwd"), 404, "not-found")
+    spec = client.get("/openapi.json").get_json()
+    assert spec["openapi"] == "3.1.0"
+    assert "/v1/models/echo/versions/10/predict" in spec["paths"]

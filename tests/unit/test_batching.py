@@ -1,0 +1,146 @@
+"""The batch policy and queue, driven by a fake clock: no sleeps, no threads."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.batching.queue import BatchQueue, Ticket
+from corral.errors import Overloaded
+from corral.model import Batching
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make(max_size: int = 4, max_wait_ms: float = 10, max_queue: int = 16) -> tuple[BatchQueue, FakeClock]:
+    clock = FakeClock()
+    policy = Batching(max_size=max_size, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout=5)
+    return BatchQueue(policy, clock), clock
+
+
+def ticket(n: int, clock: FakeClock, timeout: float = 5.0, tag: str = "") -> Ticket:
+    return Ticket([f"{tag}{i}" for i in range(n)], deadline=clock() + timeout)
+
+
+def test_empty_queue_is_never_ready() -> None:
+    q, _ = make()
+    assert not q.ready(busy_replicas=0)
+    assert q.next_wakeup(busy_replicas=0) is None
+
+
+def test_goes_at_once_when_no_replica_is_busy() -> None:
+    q, clock = make()
+    q.put(ticket(1, clock))
+    assert q.ready(busy_replicas=0)
+    assert q.next_wakeup(busy_replicas=0) == 0.0
+
+
+def test_waits_for_max_wait_while_a_replica_is_busy() -> None:
+    q, clock = make(max_wait_ms=10)
+    q.put(ticket(1, clock))
+    assert not q.ready(busy_replicas=1)
+    assert q.next_wakeup(busy_replicas=1) == pytest.approx(0.010)
+    clock.advance(0.009)
+    assert not q.ready(busy_replicas=1)
+    clock.advance(0.001)
+    assert q.ready(busy_replicas=1)
+
+
+def test_full_batch_goes_without_waiting() -> None:
+    q, clock = make(max_size=4, max_wait_ms=1000)
+    for _ in range(4):
+        q.put(ticket(1, clock))
+    assert q.ready(busy_replicas=3)
+    batch = q.take()
+    assert batch.size == 4
+    assert len(q) == 0
+
+
+def test_batch_never_exceeds_max_size_and_keeps_order() -> None:
+    q, clock = make(max_size=4)
+    tickets = [ticket(1, clock, tag=f"t{i}-") for i in range(10)]
+    for t in tickets:
+        q.put(t)
+    sizes, seen = [], []
+    while q.ready(busy_replicas=0):
+        batch = q.take()
+        sizes.append(batch.size)
+        seen += batch.inputs()
+    assert sizes == [4, 4, 2]
+    assert seen == [t.inputs[0] for t in tickets]
+
+
+def test_large_ticket_is_split_across_batches_in_order() -> None:
+    q, clock = make(max_size=4)
+    big = ticket(6, clock, tag="big")
+    small = ticket(1, clock, tag="small")
+    q.put(big)
+    q.put(small)
+    first = q.take()
+    assert [(s.ticket, s.start, s.stop) for s in first.slices] == [(big, 0, 4)]
+    second = q.take()
+    assert [(s.ticket, s.start, s.stop) for s in second.slices] == [(big, 4, 6), (small, 0, 1)]
+    assert second.inputs() == ["big4", "big5", "small0"]
+
+
+def test_queue_bound_counts_inputs_and_refuses_whole_requests() -> None:
+    q, clock = make(max_queue=5)
+    q.put(ticket(3, clock))
+    with pytest.raises(Overloaded) as info:
+        q.put(ticket(3, clock))
+    assert info.value.status == 503 and info.value.headers() == {"Retry-After": "1"}
+    assert len(q) == 3
+    q.put(ticket(2, clock))
+    assert len(q) == 5
+
+
+def test_expired_tickets_are_removed_and_never_handed_out() -> None:
+    q, clock = make()
+    short = ticket(1, clock, timeout=0.5, tag="short")
+    long = ticket(1, clock, timeout=5.0, tag="long")
+    q.put(short)
+    q.put(long)
+    clock.advance(0.5)
+    assert q.pop_expired() == [short]
+    assert q.take().inputs() == ["long0"]
+
+
+def test_wakeup_accounts_for_the_nearest_deadline() -> None:
+    q, clock = make(max_wait_ms=1000)
+    q.put(ticket(1, clock, timeout=0.2))
+    assert q.next_wakeup(busy_replicas=1) == pytest.approx(0.2)
+
+
+def test_discard_removes_only_waiting_inputs() -> None:
+    q, clock = make(max_size=2)
+    big = ticket(3, clock)
+    q.put(big)
+    q.take()  # two of three handed out
+    assert len(q) == 1
+    q.discard(big)
+    assert len(q) == 0
+    assert not q.ready(busy_replicas=0)
+
+
+def test_drain_empties_the_queue() -> None:
+    q, clock = make()
+    a, b = ticket(1, clock), ticket(2, clock)
+    q.put(a)
+    q.put(b)
+    assert q.drain() == [a, b]
+    assert len(q) == 0
+
+
+@pytest.mark.parametrize("kwargs", [{"max_size": 0}, {"max_wait_ms": -1}, {"max_queue": 0},
+                                    {"timeout": 0}])
+def test_batching_rejects_nonsense(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        Batching(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,180 @@
+"""Model declarations: names, types, versions, overrides, and start-up refusals."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import RootModel
+
+import corral
+from corral.config import Settings
+from corral.errors import ModelNotFound, StartupError, VersionNotFound
+from corral.registry.catalog import Catalog, version_order
+from corral.registry.spec import build_spec, kebab_name
+from tests.fixtures import EchoV1Model, EchoV2Model, EchoV10Model, SumModel, Word, Upper
+
+
+@pytest.mark.parametrize("cls_name, expected", [
+    ("SentimentModel", "sentiment"),
+    ("IrisClassifier", "iris-classifier"),
+    ("HTTPLogModel", "http-log"),
+    ("TextStatsModel", "text-stats"),
+    ("Model2Vec", "model2-vec"),
+    ("Bert", "bert"),
+])
+def test_kebab_name(cls_name: str, expected: str) -> None:
+    assert kebab_name(cls_name) == expected
+
+
+def test_spec_reads_types_and_batching() -> None:
+    spec = build_spec(SumModel, Settings())
+    assert spec.key.name == "sum" and spec.key.version == "1"
+    assert spec.input_type.__name__ == "Numbers" and spec.output_type.__name__ == "Total"
+    assert spec.batching.max_size == 8 and spec.batching.max_queue == 64
+
+
+def test_model_without_batching_gets_batches_of_one() -> None:
+    assert build_spec(EchoV1Model, Settings()).batching.max_size == 1
+
+
+def test_settings_override_class_attributes() -> None:
+    settings = Settings(models={"sum": {"max_size": 3, "timeout": 2.5, "replicas": 2}})
+    spec = build_spec(SumModel, settings)
+    assert (spec.batching.max_size, spec.batching.timeout, spec.replicas) == (3, 2.5, 2)
+    assert spec.batching.max_queue == 64  # not overridden
+
+
+def test_env_overrides_use_underscores_for_dashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    class TextStatsModel(corral.Model):
+        def predict(self, batch: list[Word]) -> list[Upper]:
+            return []
+
+    monkeypatch.setenv("CORRAL_MODELS__TEXT_STATS__MAX_SIZE", "7")
+    assert build_spec(TextStatsModel, Settings()).batching.max_size == 7
+
+
+def test_scalar_input_is_refused_with_a_fix() -> None:
+    class BadModel(corral.Model):
+        def predict(self, batch: list[str]) -> list[Upper]:
+            return []
+
+    with pytest.raises(StartupError, match="Wrap the value in a field"):
+        build_spec(BadModel, Settings())
+
+
+class Items(RootModel[list[int]]):
+    pass
+
+
+def test_root_model_input_is_refused() -> None:
+    class BadModel(corral.Model):
+        def predict(self, batch: list[Items]) -> list[Upper]:
+            return []
+
+    with pytest.raises(StartupError, match="pydantic model with fields"):
+        build_spec(BadModel, Settings())
+
+
+def test_missing_annotations_are_refused() -> None:
+    class BadModel(corral.Model):
+        def predict(self, batch):  # type: ignore[no-untyped-def]
+            return []
+
+    with pytest.raises(StartupError, match="needs a type"):
+        build_spec(BadModel, Settings())
+
+
+def test_non_list_batch_is_refused() -> None:
+    class BadModel(corral.Model):
+        def predict(self, batch: Word) -> list[Upper]:  # type: ignore[override]
+            return []
+
+    with pytest.raises(StartupError, match="must be a list of one pydantic model"):
+        build_spec(BadModel, Settings())
+
+
+def test_model_without_predict_is_refused() -> None:
+    class Empty(corral.Model):
+        pass
+
+    with pytest.raises(StartupError, match="must implement predict"):
+        build_spec(Empty, Settings())
+
+
+def test_bad_name_is_refused() -> None:
+    class Named(corral.Model):
+        name = "Has Spaces"
+
+        def predict(self, batch: list[Word]) -> list[Upper]:
+            return []
+
+    with pytest.raises(StartupError, match="not usable in a URL"):
+        build_spec(Named, Settings())
+
+
+def catalog(*classes: type[corral.Model]) -> Catalog:
+    return Catalog(build_spec(c, Settings()) for c in classes)
+
+
+def test_marked_default_beats_highest_version() -> None:
+    c = catalog(EchoV1Model, EchoV2Model, EchoV10Model)
+    assert c.default_version("echo") == "2"
+    assert c.resolve("echo").version == "2"
+    assert c.resolve("echo", "10").version == "10"
+    assert [s.version for s in c.versions("echo")] == ["1", "2", "10"]
+
+
+def test_highest_version_is_numeric_when_numbers() -> None:
+    class V9(corral.Model):
+        name, version = "m", "9"
+
+        def predict(self, batch: list[Word]) -> list[Upper]:
+            return []
+
+    class V10(V9):
+        version = "10"
+
+    assert catalog(V9, V10).default_version("m") == "10"
+
+
+def test_version_order_puts_numbers_above_strings() -> None:
+    assert sorted(["b", "10", "a", "9"], key=version_order) == ["a", "b", "9", "10"]
+
+
+def test_duplicate_name_and_version_is_refused() -> None:
+    class Again(corral.Model):
+        name, version = "echo", "1"
+
+        def predict(self, batch: list[Word]) -> list[Upper]:
+            return []
+
+    with pytest.raises(StartupError, match="Two models are named 'echo' with version '1'"):
+        catalog(EchoV1Model, Again)
+
+
+def test_two_defaults_are_refused() -> None:
+    class AlsoDefault(corral.Model):
+        name, version, default = "echo", "3", True
+
+        def predict(self, batch: list[Word]) -> list[Upper]:
+            return []
+
+    with pytest.raises(StartupError, match="several versions as default"):
+        catalog(EchoV2Model, AlsoDefault)
+
+
+def test_unknown_names_list_what_exists() -> None:
+    c = catalog(EchoV1Model, EchoV2Model, SumModel)
+    with pytest.raises(ModelNotFound, match="known models: echo, sum"):
+        c.resolve("nope")
+    with pytest.raises(VersionNotFound, match="known: 1, 2"):
+        c.resolve("echo", "7")
+
+
+def test_empty_server_is_refused() -> None:
+    with pytest.raises(StartupError, match="No models"):
+        Catalog([])
+
+
+def test_server_refuses_instances() -> None:
+    with pytest.raises(StartupError, match="Pass the class"):
+        corral.Server([SumModel()])  # type: ignore[list-item]
