@@ -180,9 +180,12 @@ def test_wrong_method_is_405_with_allow(client: FlaskClient) -> None:
     assert_problem(resp, 405, "method-not-allowed")
     assert "GET" in resp.headers["Allow"]
     assert_problem(client.put("/v1/models/sum/predict"), 405, "method-not-allowed")
+    wrong = client.get("/v1/models/sum/predict")
+    assert_problem(wrong, 405, "method-not-allowed")
+    assert "POST" in wrong.headers["Allow"] and "GET" not in wrong.headers["Allow"]
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan", "inf"])
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "0.05", "nan", "inf"])
 def test_bad_timeout_header_is_422(client: FlaskClient, value: str) -> None:
     resp = post(client, "/v1/models/sum/predict", {"values": [1]},
                 headers={"X-Request-Timeout": value})
@@ -258,7 +261,7 @@ def test_timeout_is_504_and_never_computed(app: Flask) -> None:
 
     def hurried() -> Any:
         return post(app.test_client(), "/v1/models/sum/predict", {"values": [424242]},
-                    headers={"X-Request-Timeout": "0.2"})
+                    headers={"X-Request-Timeout": "0.25"})
 
     slow_resp, hurried_resp = in_threads(slow, hurried)
     assert slow_resp.status_code == 200

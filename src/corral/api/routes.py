@@ -23,6 +23,7 @@ from ..schema.api_types import (
     VersionInfo,
 )
 from ..schema.inputs import parse_json, validate_inputs
+from ..schema.openapi import MIN_REQUEST_TIMEOUT
 from .body import read_json_body
 
 TIMEOUT_HEADER = "X-Request-Timeout"
@@ -43,7 +44,7 @@ class Routes:
 
     def register(self, app: Flask) -> None:
         app.add_url_rule("/v1/models", "list_models", self.list_models, methods=["GET"])
-        app.add_url_rule("/v1/models/<path:name>", "describe_model", self.describe_model,
+        app.add_url_rule("/v1/models/<name>", "describe_model", self.describe_model,
                          methods=["GET"])
         app.add_url_rule("/v1/models/<name>/predict", "predict", self.predict, methods=["POST"])
         app.add_url_rule("/v1/models/<name>/versions/<version>/predict", "predict_version",
@@ -77,11 +78,13 @@ class Routes:
             asked = float(raw)
         except ValueError:
             asked = math.nan
-        if not (asked > 0 and math.isfinite(asked)):
+        if not (asked >= MIN_REQUEST_TIMEOUT and math.isfinite(asked)):
             raise InvalidInput(
-                f"{TIMEOUT_HEADER} must be a positive number of seconds; got {raw!r}.",
-                errors=[{"loc": ["header", TIMEOUT_HEADER], "msg": "Input should be greater than 0",
-                         "type": "greater_than"}],
+                f"{TIMEOUT_HEADER} must be a number of seconds of at least {MIN_REQUEST_TIMEOUT}; "
+                f"got {raw!r}.",
+                errors=[{"loc": ["header", TIMEOUT_HEADER],
+                         "msg": f"Input should be greater than or equal to {MIN_REQUEST_TIMEOUT}",
+                         "type": "greater_than_equal"}],
             )
         return min(asked, limit)
 

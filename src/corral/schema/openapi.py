@@ -19,6 +19,8 @@ from ..registry.spec import ModelSpec
 from .api_types import Health, ModelInfo, ModelList, Problem, Readiness
 
 REF = "#/components/schemas/{model}"
+# The least X-Request-Timeout honoured; the API layer refuses shorter ones.
+MIN_REQUEST_TIMEOUT = 0.1
 
 _PROBLEMS: dict[int, tuple[str, list[str]]] = {
     400: ("The body is not JSON, or nested too deep.", ["invalid-json"]),
@@ -166,8 +168,9 @@ def _predict_operation(spec: ModelSpec, settings: Settings, input_ref: dict[str,
         "tags": [spec.name],
         "parameters": [{
             "name": "X-Request-Timeout", "in": "header", "required": False,
-            "description": f"Seconds to wait for a result, at most {b.timeout:g}.",
-            "schema": {"type": "number", "exclusiveMinimum": 0},
+            "description": (f"Seconds to wait for a result: at least {MIN_REQUEST_TIMEOUT:g}; "
+                            f"values above the model's timeout ({b.timeout:g}) are capped."),
+            "schema": {"type": "number", "minimum": MIN_REQUEST_TIMEOUT},
         }],
         "requestBody": {"required": True, "content": {"application/json": media}},
         "responses": responses,

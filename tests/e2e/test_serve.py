@@ -1,0 +1,184 @@
+"""`corral serve` for real: Gunicorn (gthread and gevent), the dev server, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import requests
+
+from tests.conftest import APPS, CORRAL, ROOT, ServerProcess
+
+pytestmark = pytest.mark.slow
+
+QUICKSTART = str(ROOT / "examples" / "quickstart.py")
+BASIC = str(APPS / "basic.py")
+FLOWER = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+Serve = Callable[..., ServerProcess]
+
+
+def post(server: ServerProcess, path: str, body: Any, **kw: Any) -> requests.Response:
+    return requests.post(server.url + path, json=body, timeout=30, **kw)
+
+
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_quickstart_serves_both_models(serve: Serve, worker_class: str) -> None:
+    server = serve(QUICKSTART, "--worker-class", worker_class)
+    resp = post(server, "/v1/models/iris/predict", FLOWER)
+    assert resp.status_code == 200 and resp.json()["species"] == "setosa"
+    virginica = {"sepal_length": 7.7, "sepal_width": 3.0, "petal_length": 6.1, "petal_width": 2.3}
+    resp = post(server, "/v1/models/iris/predict", [FLOWER, virginica])
+    assert [r["species"] for r in resp.json()] == ["setosa", "virginica"]
+    resp = post(server, "/v1/models/text-stats/predict", {"text": "Hello big World"})
+    assert resp.json() == {"characters": 15, "words": 3, "uppercase_ratio": 0.1538}
+    names = [m["name"] for m in requests.get(server.url + "/v1/models", timeout=5).json()["models"]]
+    assert names == ["iris", "text-stats"]
+    assert f"Using worker: {worker_class}" in server.log()
+
+
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_requests_from_many_clients_share_batches(serve: Serve, worker_class: str) -> None:
+    server = serve(BASIC, "--worker-class", worker_class, env={"SLOW_LOAD_SECONDS": "0"})
+    body = {"values": [1, 2], "delay": 0.2}
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda _: post(server, "/v1/models/sum/predict", body),
+                                  range(16)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    assert all(r.json()["total"] == 3 for r in responses)
+    sizes = [r.json()["batch_size"] for r in responses]
+    assert max(sizes) > 1, sizes
+    assert max(sizes) <= 8  # the model's max_size
+
+
+def test_gevent_hub_is_not_blocked_by_cpu_bound_predict(serve: Serve) -> None:
+    server = serve(BASIC, "--worker-class", "gevent", env={"SLOW_LOAD_SECONDS": "0"})
+    finished: dict[str, float] = {}
+
+    def slow() -> None:
+        post(server, "/v1/models/sum/predict", {"values": [1], "spin": 2.0})
+        finished["predict"] = time.monotonic()
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.3)  # let the predict start spinning
+    assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+    finished["healthz"] = time.monotonic()
+    thread.join(30)
+    # The health check was answered while predict still held its thread.
+    assert finished["healthz"] < finished["predict"]
+
+
+def test_poison_input_isolated_under_gunicorn(serve: Serve) -> None:
+    server = serve(BASIC, env={"SLOW_LOAD_SECONDS": "0"})
+    bodies = [{"values": [0], "delay": 0.5}] + [{"values": [i]} for i in range(1, 4)]
+    bodies[2]["poison"] = True
+    with ThreadPoolExecutor(4) as pool:
+        futures = []
+        for b in bodies:
+            futures.append(pool.submit(post, server, "/v1/models/sum/predict", b))
+            time.sleep(0.05)
+        responses = [f.result() for f in futures]
+    assert [r.status_code for r in responses] == [200, 200, 500, 200]
+    problem = responses[2].json()
+    assert problem["type"] == "model-error" and problem["error_id"]
+    assert "secret" not in responses[2].text
+    # The traceback is in the server log, under the same id.
+    assert problem["error_id"] in server.log() and "secret internal detail" in server.log()
+
+
+def test_loading_failed_and_ready_states(serve: Serve) -> None:
+    server = serve(BASIC, ready_path="/healthz", env={"SLOW_LOAD_SECONDS": "4"})
+    resp = post(server, "/v1/models/slow-load/predict", {"word": "a"})
+    if resp.status_code == 503:  # still loading, as it should be for ~4 s
+        assert resp.json()["type"] == "model-loading" and "Retry-After" in resp.headers
+        assert requests.get(server.url + "/readyz", timeout=5).status_code == 503
+    server.wait_ready(60, "/readyz")
+    readiness = requests.get(server.url + "/readyz", timeout=5).json()
+    states = {m["name"]: m["state"] for m in readiness["models"]}
+    assert states["broken-load"] == "failed" and states["slow-load"] == "ready"
+    failed = post(server, "/v1/models/broken-load/predict", {"word": "a"})
+    assert failed.status_code == 503 and failed.json()["type"] == "model-failed"
+
+
+def curl(*args: str) -> tuple[int, str]:
+    out = subprocess.run(["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", *args],
+                         capture_output=True, text=True, timeout=60)
+    body, _, code = out.stdout.rpartition("\n")
+    return int(code or 0), body
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+@pytest.mark.parametrize("chunked", [False, True])
+def test_curl_receives_413_for_oversized_body(serve: Serve, tmp_path: Path,
+                                              chunked: bool) -> None:
+    server = serve(QUICKSTART)
+    big = tmp_path / "big.json"
+    big.write_bytes(b'{"text": "' + b"a" * (11 * 1024 * 1024) + b'"}')
+    extra = ["-H", "Transfer-Encoding: chunked"] if chunked else []
+    code, body = curl(server.url + "/v1/models/text-stats/predict", "-H",
+                      "Content-Type: application/json", *extra, "--data-binary", f"@{big}")
+    assert code == 413, body
+    assert json.loads(body)["type"] == "payload-too-large"
+    # The server is still fine afterwards.
+    assert post(server, "/v1/models/text-stats/predict", {"text": "ok"}).status_code == 200
+
+
+def test_module_attr_target_and_sigterm_exits_zero(serve: Serve) -> None:
+    server = serve("tests.apps.basic:app", env={"SLOW_LOAD_SECONDS": "0"})
+    assert post(server, "/v1/models/echo/predict", {"word": "ab"}).json() == {"upper": "BA"}
+    assert server.stop() == 0
+
+
+def test_dev_server(serve: Serve) -> None:
+    server = serve(QUICKSTART, "--dev")
+    assert post(server, "/v1/models/iris/predict", FLOWER).json()["species"] == "setosa"
+    assert "gunicorn" not in server.log().lower()
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CORRAL, *args], capture_output=True, text=True, timeout=60, cwd=cwd,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+
+
+def test_bad_model_file_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    app = tmp_path / "scalar.py"
+    app.write_text(
+        "import corral\n"
+        "from pydantic import BaseModel\n"
+        "class Out(BaseModel):\n    y: int\n"
+        "class ScalarModel(corral.Model):\n"
+        "    def predict(self, batch: list[int]) -> list[Out]:\n        return []\n"
+    )
+    result = run_cli("serve", str(app), "--port", "1", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Wrap the value in a field" in result.stderr
+    assert "Traceback" not in result.stderr
+    missing = run_cli("serve", "no_such_module", cwd=tmp_path)
+    assert missing.returncode != 0 and "No module named 'no_such_module'" in missing.stderr
+
+
+def test_openapi_command_prints_the_document(tmp_path: Path) -> None:
+    result = run_cli("openapi", QUICKSTART, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["openapi"] == "3.1.0"
+    assert {"/v1/models/iris/predict", "/v1/models/text-stats/predict"} <= set(doc["paths"])
+    assert list(tmp_path.iterdir()) == []  # nothing written to the working directory
+
+
+def test_serve_help_lists_every_setting(tmp_path: Path) -> None:
+    result = run_cli("serve", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    from corral.config import Settings
+
+    for name in Settings.model_fields:
+        assert f"CORRAL_{name.upper()}" in result.stdout
+    assert "[default: 32" in result.stdout  # threads
+
