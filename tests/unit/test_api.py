@@ -337,3 +337,19 @@ def test_health_and_docs(client: FlaskClient) -> None:
     spec = client.get("/openapi.json").get_json()
     assert spec["openapi"] == "3.1.0"
     assert "/v1/models/echo/versions/10/predict" in spec["paths"]
+
+
+def test_server_is_a_wsgi_application(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`app.py:app` under any WSGI server: the Server builds its app from CORRAL_* itself."""
+    from werkzeug.test import Client
+
+    monkeypatch.setenv("CORRAL_MAX_ITEMS", "2")
+    server = corral.Server([EchoV1Model])
+    client = Client(server)
+    deadline = time.monotonic() + 20
+    while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    resp = client.post("/v1/models/echo/predict", json={"word": "wsgi"})
+    assert resp.status_code == 200 and resp.get_json() == {"upper": "WSGI"}
+    too_many = client.post("/v1/models/echo/predict", json=[{"word": "a"}] * 3)
+    assert too_many.status_code == 422  # the environment's settings were applied

@@ -54,7 +54,7 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
 
 @lru_cache(maxsize=256)
 def _list_adapter(input_type: type[BaseModel], max_items: int) -> TypeAdapter[list[BaseModel]]:
-    return TypeAdapter(Annotated[list[input_type], Field(min_length=1, max_length=max_items)])  # type: ignore[valid-type]
+    return TypeAdapter(Annotated[list[input_type], Field(min_length=1, max_length=max_items)])  # type: ignore[valid-type, arg-type]
 
 
 def validate_inputs(
