@@ -353,3 +353,17 @@ def test_server_is_a_wsgi_application(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resp.status_code == 200 and resp.get_json() == {"upper": "WSGI"}
     too_many = client.post("/v1/models/echo/predict", json=[{"word": "a"}] * 3)
     assert too_many.status_code == 422  # the environment's settings were applied
+
+
+def test_large_array_is_split_into_batches_across_replicas_in_order() -> None:
+    SumModel.batch_sizes.clear()
+    app = make_app(SumModel, models={"sum": {"replicas": 2, "max_size": 3}}, max_items=50)
+    try:
+        client = app.test_client()
+        assert client.get("/v1/models/sum").get_json()["versions"][0]["replicas_ready"] == 2
+        resp = post(client, "/v1/models/sum/predict", [{"values": [i]} for i in range(20)])
+        assert resp.status_code == 200
+        assert [r["total"] for r in resp.get_json()] == list(range(20))
+        assert max(SumModel.batch_sizes) == 3 and sum(SumModel.batch_sizes) == 20
+    finally:
+        app.extensions["corral.engine"].stop()

@@ -37,7 +37,7 @@ class Ticket:
     enqueued_at: float = 0.0
     # Index of the next input not yet handed out in a batch.
     next_index: int = 0
-    done: bool = False
+    # The engine's own record of the request (where results go).
     context: Any = None
 
     @property

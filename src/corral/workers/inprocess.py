@@ -83,14 +83,12 @@ class _Pending(Handle):
         if self.ticket is not None:
             self._runner.finish(self.ticket)
 
-    def fill(self, start: int, outputs: list[dict[str, Any]]) -> bool:
-        """Store one slice's outputs; True when the ticket is complete."""
+    def fill(self, start: int, outputs: list[dict[str, Any]]) -> None:
+        """Store one slice's outputs; the handle completes when every input has one."""
         self._results[start : start + len(outputs)] = outputs
         self._filled += len(outputs)
         if self._filled == len(self._results):
             self._done.set()
-            return True
-        return False
 
     def fail(self, error: CorralError) -> None:
         if not self._done.is_set():
@@ -155,7 +153,6 @@ class _ModelRunner:
     def finish(self, ticket: Ticket) -> None:
         """Take a ticket out of the queue: it is complete, failed or cancelled."""
         with self._cond:
-            ticket.done = True
             self.queue.discard(ticket)
 
     # -- replicas ---------------------------------------------------------------------
@@ -203,7 +200,6 @@ class _ModelRunner:
             while not self._stopping:
                 expired = self.queue.pop_expired()
                 for t in expired:
-                    t.done = True
                     t.context.fail(RequestTimeout(
                         f"Model {self.spec.key} did not start this request before its deadline."))
                 if self.queue.ready(self._busy):
@@ -214,13 +210,15 @@ class _ModelRunner:
 
     def _compute(self, model: Model, batch: Batch) -> None:
         outcomes = compute(model, self.spec, [s.inputs for s in batch.slices], self._run)
-        for piece, outcome in zip(batch.slices, outcomes):
-            pending: _Pending = piece.ticket.context
-            if isinstance(outcome, CorralError):
-                self.finish(piece.ticket)
-                pending.fail(outcome)
-            elif pending.fill(piece.start, outcome):
-                piece.ticket.done = True
+        # Under the lock: two replicas may deliver slices of one split ticket at once.
+        with self._cond:
+            for piece, outcome in zip(batch.slices, outcomes):
+                pending: _Pending = piece.ticket.context
+                if isinstance(outcome, CorralError):
+                    self.queue.discard(piece.ticket)
+                    pending.fail(outcome)
+                else:
+                    pending.fill(piece.start, outcome)
 
 
 def _load_instance(cls: type[Model]) -> Model:
