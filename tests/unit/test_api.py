@@ -360,7 +360,10 @@ def test_large_array_is_split_into_batches_across_replicas_in_order() -> None:
     app = make_app(SumModel, models={"sum": {"replicas": 2, "max_size": 3}}, max_items=50)
     try:
         client = app.test_client()
-        assert client.get("/v1/models/sum").get_json()["versions"][0]["replicas_ready"] == 2
+        deadline = time.monotonic() + 20
+        while client.get("/v1/models/sum").get_json()["versions"][0]["replicas_ready"] < 2:
+            assert time.monotonic() < deadline, "second replica never became ready"
+            time.sleep(0.02)
         resp = post(client, "/v1/models/sum/predict", [{"values": [i]} for i in range(20)])
         assert resp.status_code == 200
         assert [r["total"] for r in resp.get_json()] == list(range(20))
