@@ -91,3 +91,17 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for server in started:
         server.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With CORRAL_REQUIRE_ALL=1 (scripts/test installs every part), a skip is a failure."""
+    if os.environ.get("CORRAL_REQUIRE_ALL") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped and session.exitstatus == 0:
+        reasons = sorted({str(r.longrepr[-1]) if isinstance(r.longrepr, tuple) else str(r.longrepr)
+                          for r in skipped})
+        print(f"\nCORRAL_REQUIRE_ALL: {len(skipped)} tests skipped, which is a failure here: "
+              + "; ".join(reasons))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

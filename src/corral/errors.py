@@ -228,5 +228,7 @@ def error_from_dict(data: dict[str, Any]) -> CorralError:
     return err
 
 
-# Every concrete problem class, for the OpenAPI document's problem type enum.
-PROBLEM_TYPES: tuple[str, ...] = tuple(sorted({*_BY_TYPE, MethodNotAllowed.type}))
+# Every problem type Corral sends, as the OpenAPI document lists them.
+PROBLEM_TYPES: tuple[str, ...] = tuple(
+    sorted({*_BY_TYPE, MethodNotAllowed.type, CorralError.type, "about:blank"})
+)

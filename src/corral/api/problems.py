@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from http import HTTPStatus
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -26,8 +27,16 @@ def problem_response(err: CorralError) -> Response:
             **err.extra()}
     if err.errors is not None:
         body["errors"] = err.errors
-    return Response(json.dumps(body), status=err.status, mimetype=PROBLEM_JSON,
+    return Response(json.dumps(body), status=status_line(err.status), mimetype=PROBLEM_JSON,
                     headers=err.headers())
+
+
+def status_line(code: int) -> str:
+    """``422 Unprocessable Content`` rather than Werkzeug's upper-case reason phrase."""
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
 
 
 def _from_http_exception(exc: HTTPException) -> CorralError | Response:

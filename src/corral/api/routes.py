@@ -25,12 +25,13 @@ from ..schema.api_types import (
 from ..schema.inputs import parse_json, validate_inputs
 from ..schema.openapi import MIN_REQUEST_TIMEOUT
 from .body import read_json_body
+from .problems import status_line
 
 TIMEOUT_HEADER = "X-Request-Timeout"
 
 
 def _json_response(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data, separators=(",", ":")), status=status,
+    return Response(json.dumps(data, separators=(",", ":")), status=status_line(status),
                     mimetype="application/json")
 
 

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import PROBLEM_TYPES
+
 
 class BatchingInfo(BaseModel):
     max_size: int
@@ -75,10 +77,10 @@ class Problem(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str
+    type: str = Field(description="Stable problem type.", examples=list(PROBLEM_TYPES))
     title: str
     status: int
-    detail: str
+    detail: str = Field(description="What went wrong and what to do, for a person.")
     errors: list[ErrorItem] | None = Field(None, description="Each invalid field (422 only).")
     error_id: str | None = Field(None, description="Where to look in the server log (500 only).")
     retry_after: int | None = Field(None, description="Seconds to wait before retrying (503).")

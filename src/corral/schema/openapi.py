@@ -118,11 +118,49 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+# One example document per problem type, shown by Swagger UI beside each status.
+_EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
+    "invalid-json": ("Body is not valid JSON", {"detail": "The body is not valid JSON: Expecting "
+                     "value: line 1 column 1 (char 0)."}),
+    "model-not-found": ("Model not found", {"detail": "No model named 'x'; known models: iris."}),
+    "version-not-found": ("Version not found", {"detail": "Model 'iris' has no version '3'; "
+                          "known: 1, 2."}),
+    "not-found": ("Not found", {"detail": "No endpoint at /v2. The API is described at /docs."}),
+    "payload-too-large": ("Payload too large", {"detail": "The body is 20971520 bytes; the limit "
+                          "is 10485760 bytes."}),
+    "unsupported-media-type": ("Unsupported media type", {"detail": "The body must be JSON sent "
+                               "with Content-Type: application/json; got text/plain."}),
+    "validation-error": ("Validation error", {
+        "detail": "Invalid input: 0.text, 1.text.",
+        "errors": [{"loc": [0, "text"], "msg": "Field required", "type": "missing"},
+                   {"loc": [1, "text"], "msg": "String should have at least 1 character",
+                    "type": "string_too_short"}]}),
+    "model-error": ("Model error", {"detail": "Model iris:1 failed on this input; the server log "
+                    "has the details under error id 3f2a9c1e0b7d4a65.",
+                    "error_id": "3f2a9c1e0b7d4a65"}),
+    "worker-crashed": ("Model worker crashed", {"detail": "The process computing this request "
+                       "died."}),
+    "overloaded": ("Model overloaded", {"detail": "The queue holds 2048 inputs and admits at most "
+                   "2048; retry later.", "retry_after": 1}),
+    "model-loading": ("Model loading", {"detail": "Model iris:1 is still loading; retry shortly.",
+                      "retry_after": 2}),
+    "model-failed": ("Model failed", {"detail": "Model iris:1 failed to load: load() raised "
+                     "OSError; the server log has the details under error id 5d0c2b7e9a114f38."}),
+    "timeout": ("Request timed out", {"detail": "Model iris:1 gave no result in time."}),
+}
+
+
 def _problem(status: int) -> dict[str, Any]:
     description, types = _PROBLEMS[status]
+    examples = {
+        t: {"summary": t, "value": {"type": t, "title": _EXAMPLES[t][0], "status": status,
+                                    **_EXAMPLES[t][1]}}
+        for t in types
+    }
     return {
         "description": f"{description} Problem types: {', '.join(types)}.",
-        "content": {"application/problem+json": {"schema": {"$ref": REF.format(model="Problem")}}},
+        "content": {"application/problem+json": {
+            "schema": {"$ref": REF.format(model="Problem")}, "examples": examples}},
     }
 
 
