@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -94,7 +95,21 @@ def _import(location: str) -> ModuleType:
             raise StartupError(
                 f"No module named {location!r} (nor a file {location}.py here)."
             ) from None
-        raise
+        raise StartupError(f"Importing {location} failed: {_describe(exc)}") from None
+    except Exception as exc:  # the user's module raised while being imported
+        raise StartupError(f"Importing {location} failed: {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    """The exception and the innermost line of the user's code that raised it."""
+    where = ""
+    if isinstance(exc, SyntaxError):
+        where = f" ({exc.filename}, line {exc.lineno})"
+    else:
+        for frame in traceback.extract_tb(exc.__traceback__):
+            if "importlib" not in frame.filename:
+                where = f" ({frame.filename}, line {frame.lineno})"
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def _import_file(path: Path) -> ModuleType:

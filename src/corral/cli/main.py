@@ -79,12 +79,12 @@ def serve(app: str, dev: bool, **flags: Any) -> None:
     settings = build_settings(**flags)
     configure_logging(settings.log_level)
     server = _load(app, settings)
-    from .serve import serve_dev, serve_gunicorn
+    from .serve import serve_dev, serve_supervised
 
     if dev:
         serve_dev(server, settings)
     else:
-        serve_gunicorn(server, settings)
+        serve_supervised(app, server, settings)
 
 
 @cli.command()

@@ -1,0 +1,199 @@
+"""Channels: how an HTTP worker sends to a dispatcher and waits for the answer.
+
+Two implementations, picked at run time after Gunicorn's worker has (or has not)
+monkey-patched the process for gevent:
+
+* :class:`ThreadChannel` (gthread workers): one DEALER socket per thread per model,
+  used only by its own thread, as ZeroMQ requires. The thread sends, then polls its
+  socket and the dispatcher's pidfd until its answer comes, the dispatcher dies, or
+  time runs out. Answers to requests it gave up on are discarded by id.
+* :class:`GreenChannel` (gevent workers): one ``zmq.green`` DEALER per model per
+  process; a reader greenlet routes answers to waiting greenlets by id, and a
+  watcher greenlet fails every waiting request at once if the dispatcher dies.
+
+Sends never block: a full or unconnected socket raises :class:`SendFailed` at once.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from .protocol import Message, ProtocolError, decode
+
+_HWM = 10_000
+
+
+class SendFailed(Exception):
+    """The dispatcher cannot take the message now (not running, or its queue to us is full)."""
+
+
+class DispatcherGone(Exception):
+    """The dispatcher process exited while a request waited for it."""
+
+
+class DispatcherWatch:
+    """The pid of one model's dispatcher (from the supervisor's pid file) and a pidfd on it."""
+
+    def __init__(self, pid_file: str) -> None:
+        self._path = Path(pid_file)
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self.fd: int | None = None
+
+    def alive_fd(self) -> int | None:
+        """A pidfd for the live dispatcher, re-reading the pid file once the old one exited."""
+        fd = self.fd
+        if fd is not None and not select.select([fd], [], [], 0)[0]:
+            return fd
+        with self._lock:
+            try:
+                pid = int(self._path.read_text())
+            except (OSError, ValueError):
+                return None
+            if pid != self._pid:
+                old, self._pid = self.fd, pid
+                try:
+                    self.fd = os.pidfd_open(pid)
+                except OSError:
+                    self.fd = None
+                if old is not None:
+                    os.close(old)
+            return self.fd
+
+
+# How long a send may wait for the dispatcher to be connected or to drain (bounded).
+_SEND_WAIT_MS = 500
+
+
+def _send(sock: Any, frames: list[bytes]) -> None:
+    try:
+        sock.send_multipart(frames, zmq.NOBLOCK)
+        return
+    except zmq.Again:
+        pass
+    if sock.poll(_SEND_WAIT_MS, zmq.POLLOUT):
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK)
+            return
+        except zmq.Again:
+            pass
+    raise SendFailed()
+
+
+def _dealer(ctx: Any, address: str) -> Any:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, _HWM)
+    sock.setsockopt(zmq.RCVHWM, _HWM)
+    # Without a connected peer a DEALER would queue forever: fail the send instead.
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.connect(address)
+    return sock
+
+
+class ThreadChannel:
+    """One thread's socket to one dispatcher."""
+
+    def __init__(self, ctx: zmq.Context[Any], address: str, watch: DispatcherWatch) -> None:
+        self.sock = _dealer(ctx, address)
+        self.watch = watch
+
+    def send(self, frames: list[bytes], rid: int) -> None:
+        _send(self.sock, frames)
+
+    def wait(self, rid: int, timeout: float) -> Message | None:
+        """The answer to request ``rid``, or None when ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        fd = self.watch.alive_fd()
+        if fd is not None:
+            poller.register(fd, zmq.POLLIN)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            events = dict(poller.poll(max(1, int(remaining * 1000))))
+            if self.sock in events:
+                while True:
+                    try:
+                        frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        msg = decode(frames)
+                    except ProtocolError:
+                        continue
+                    if getattr(msg, "id", None) == rid:
+                        return msg
+            elif fd is not None and fd in events:
+                raise DispatcherGone()
+
+
+class GreenChannel:
+    """One gevent worker's socket to one dispatcher, shared by its greenlets."""
+
+    def __init__(self, ctx: Any, address: str, watch: DispatcherWatch) -> None:
+        import gevent
+        from gevent.event import AsyncResult
+
+        self._AsyncResult = AsyncResult
+        self.sock = _dealer(ctx, address)
+        self.watch = watch
+        self.pending: dict[int, Any] = {}
+        gevent.spawn(self._read)
+        gevent.spawn(self._watch)
+
+    def send(self, frames: list[bytes], rid: int) -> None:
+        self.pending[rid] = self._AsyncResult()
+        try:
+            _send(self.sock, frames)
+        except SendFailed:
+            self.pending.pop(rid, None)
+            raise
+
+    def wait(self, rid: int, timeout: float) -> Message | None:
+        waiter = self.pending.get(rid)
+        if waiter is None:
+            return None
+        try:
+            result = waiter.get(timeout=max(0.0, timeout))
+        except Exception:  # gevent.Timeout
+            return None
+        finally:
+            self.pending.pop(rid, None)
+        if isinstance(result, DispatcherGone):
+            raise result
+        return result  # type: ignore[no-any-return]
+
+    def _read(self) -> None:
+        while True:
+            frames = self.sock.recv_multipart()
+            try:
+                msg = decode(frames)
+            except ProtocolError:
+                continue
+            waiter = self.pending.get(getattr(msg, "id", -1))
+            if waiter is not None:
+                waiter.set(msg)
+
+    def _watch(self) -> None:
+        import gevent
+        from gevent.socket import wait_read
+
+        while True:
+            fd = self.watch.alive_fd()
+            if fd is None:
+                gevent.sleep(0.5)
+                continue
+            wait_read(fd)
+            for waiter in list(self.pending.values()):
+                waiter.set(DispatcherGone())
+            gevent.sleep(0.2)  # give the supervisor time to write the new pid

@@ -1,0 +1,161 @@
+"""The wire format between HTTP workers, dispatchers and replicas.
+
+Every message is one ZeroMQ multipart message (a ROUTER socket prepends the
+peer's identity frame, which is not part of the message)::
+
+    frame 0  header   4 bytes: b"CR", protocol version (1 byte), message type (1 byte)
+    frame 1  meta     a JSON object: the message's fields
+    frame 2+ payload  zero or more opaque frames: one JSON document per input or output
+
+Nothing is ever unpickled: meta is JSON and payload frames are handed on or parsed
+as JSON by whoever owns their type. A frame that does not parse is a ProtocolError,
+and the receiver drops the message.
+
+Messages, by direction::
+
+    HTTP worker -> dispatcher   Submit, Cancel, StatusQuery
+    dispatcher -> HTTP worker   Result, Failure, StatusReply
+    replica -> dispatcher       Hello (start-up, loaded, load failed, and idle heartbeat), Done
+    dispatcher -> replica       Work
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+MAGIC = b"CR"
+VERSION = 1
+
+
+class ProtocolError(Exception):
+    """A message that is not in this protocol (wrong magic, version, type or fields)."""
+
+
+@dataclass
+class Message:
+    TYPE: ClassVar[int] = 0
+    # Name of the field carried as payload frames (a list of bytes), if any.
+    PAYLOAD: ClassVar[str | None] = None
+
+
+@dataclass
+class Submit(Message):
+    """Compute these inputs (JSON documents) before ``deadline`` (time.monotonic())."""
+
+    TYPE = 1
+    PAYLOAD = "inputs"
+    id: int
+    deadline: float
+    inputs: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class Cancel(Message):
+    """The client gave up on request ``id``: drop it if it is still queued."""
+
+    TYPE = 2
+    id: int
+
+
+@dataclass
+class StatusQuery(Message):
+    TYPE = 3
+    id: int
+
+
+@dataclass
+class Result(Message):
+    """One output (a JSON document) per input of request ``id``, in order."""
+
+    TYPE = 4
+    PAYLOAD = "outputs"
+    id: int
+    outputs: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class Failure(Message):
+    """Request ``id`` failed; ``error`` is CorralError.to_dict() data."""
+
+    TYPE = 5
+    id: int
+    error: dict[str, Any]
+
+
+@dataclass
+class StatusReply(Message):
+    TYPE = 6
+    id: int
+    state: str
+    replicas_ready: int
+    error: str | None = None
+
+
+@dataclass
+class Hello(Message):
+    """A replica's state: ``loading``, ``ready`` (also sent as an idle heartbeat) or ``failed``."""
+
+    TYPE = 7
+    replica: int
+    pid: int
+    state: str
+    error: str | None = None
+
+
+@dataclass
+class Work(Message):
+    """A batch: ``groups`` gives how many of ``inputs`` belong to each request, in order."""
+
+    TYPE = 8
+    PAYLOAD = "inputs"
+    batch: int
+    groups: list[int]
+    inputs: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class Done(Message):
+    """Outcome of a batch, one per group: ``{"ok": n}`` (n outputs follow) or ``{"error": {...}}``."""
+
+    TYPE = 9
+    PAYLOAD = "outputs"
+    batch: int
+    outcomes: list[dict[str, Any]]
+    outputs: list[bytes] = field(default_factory=list)
+
+
+_TYPES: dict[int, type[Message]] = {
+    cls.TYPE: cls for cls in (Submit, Cancel, StatusQuery, Result, Failure, StatusReply, Hello,
+                              Work, Done)
+}
+
+
+def encode(msg: Message) -> list[bytes]:
+    """The frames of a message."""
+    meta = {f.name: getattr(msg, f.name) for f in fields(msg) if f.name != msg.PAYLOAD}
+    frames = [MAGIC + bytes((VERSION, msg.TYPE)), json.dumps(meta).encode()]
+    if msg.PAYLOAD:
+        frames.extend(getattr(msg, msg.PAYLOAD))
+    return frames
+
+
+def decode(frames: list[bytes]) -> Message:
+    """The message in these frames, or ProtocolError."""
+    if len(frames) < 2 or len(frames[0]) != 4 or frames[0][:2] != MAGIC:
+        raise ProtocolError("not a Corral message")
+    if frames[0][2] != VERSION:
+        raise ProtocolError(f"protocol version {frames[0][2]}, expected {VERSION}")
+    cls = _TYPES.get(frames[0][3])
+    if cls is None:
+        raise ProtocolError(f"unknown message type {frames[0][3]}")
+    try:
+        meta = json.loads(frames[1])
+        if not isinstance(meta, dict):
+            raise ValueError("meta is not an object")
+        if cls.PAYLOAD:
+            meta[cls.PAYLOAD] = [bytes(f) for f in frames[2:]]
+        return cls(**meta)
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"bad {cls.__name__} message: {exc}") from None

@@ -1,0 +1,94 @@
+"""The Gunicorn master, as a child of the supervisor: ``python -m corral.workers http PLAN``.
+
+Each HTTP worker builds its Flask app after the fork (and, for gevent, after
+monkey-patching), with a :class:`DispatcherEngine`: it parses, validates and
+encodes, and never loads a model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from ..cli.discover import load_server, warn_heavy_imports
+from ..config import Settings
+from ..engine import Engine
+from ..log import configure_logging
+from .plan import Plan
+
+logger = logging.getLogger(__name__)
+
+
+def bind_address(settings: Settings) -> str:
+    host = settings.host
+    return f"[{host}]:{settings.port}" if ":" in host else f"{host}:{settings.port}"
+
+
+def _engine_of(app: Flask) -> Engine:
+    engine: Engine = app.extensions["corral.engine"]
+    return engine
+
+
+def _post_worker_init(worker: Any) -> None:
+    # After the fork and, for gevent, after monkey-patching.
+    warn_heavy_imports(f"HTTP worker {worker.pid}")
+    _engine_of(worker.wsgi).start()
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    app = getattr(worker, "wsgi", None)
+    if isinstance(app, Flask):
+        _engine_of(app).stop()
+
+
+class GunicornServer(BaseApplication):  # type: ignore[misc]
+    """Gunicorn configured from Settings; each worker calls ``app_factory`` after the fork."""
+
+    def __init__(self, settings: Settings, app_factory: Callable[[], Flask]) -> None:
+        self.settings = settings
+        self.app_factory = app_factory
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options: dict[str, Any] = {
+            "bind": [bind_address(s)],
+            "workers": s.workers,
+            "worker_class": s.worker_class,
+            "threads": s.threads,
+            "worker_connections": s.worker_connections,
+            "timeout": s.timeout,
+            "graceful_timeout": s.graceful_timeout,
+            "keepalive": s.keepalive,
+            "errorlog": "-",
+            "loglevel": s.log_level,
+            "proc_name": "corral",
+            "post_worker_init": _post_worker_init,
+            "worker_exit": _worker_exit,
+        }
+        if s.access_log:
+            options["accesslog"] = "-"
+        if "control_socket_disable" in self.cfg.settings:
+            # Gunicorn's control socket has one fixed path per user: two servers would clash.
+            options["control_socket_disable"] = True
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        return self.app_factory()
+
+
+def main(argv: list[str]) -> int:
+    from .remote import DispatcherEngine
+
+    plan = Plan.load(argv[0])
+    settings = plan.build_settings()
+    configure_logging(settings.log_level)
+    server = load_server(plan.target)
+    GunicornServer(settings, lambda: server.create_app(settings, DispatcherEngine(plan))).run()
+    return 0
+

@@ -1,0 +1,46 @@
+"""Starting child processes that can never outlive the supervisor."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name, use_errno=True) if name else None
+
+
+_LIBC = _libc() if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent(sig: int, parent: int) -> Callable[[], None]:
+    def preexec() -> None:
+        # Runs in the child between fork and exec. The parent-death signal survives exec.
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+    return preexec
+
+
+def spawn(module: str, *args: str, death_signal: int = signal.SIGKILL) -> subprocess.Popen[bytes]:
+    """Run ``python -m module args...`` as a fresh interpreter (spawned, never forked state).
+
+    The child gets its own process group, so a Ctrl-C or SIGTERM sent to the
+    terminal's process group reaches only the supervisor, which stops children in
+    order; and it receives ``death_signal`` if the supervisor dies.
+    """
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        preexec_fn=_die_with_parent(death_signal, os.getpid()),
+        process_group=0,
+        close_fds=True,
+    )
