@@ -3,7 +3,8 @@
 The HTTP layer validates a request, then calls :meth:`Engine.submit` with the
 validated inputs and an absolute deadline (``time.monotonic()`` seconds) and gets
 a :class:`Handle`. It waits on :meth:`Handle.result` with a timeout and cancels
-the handle if it gives up. Results come back as JSON-ready dicts, one per input.
+the handle if it gives up. Results come back as JSON documents (bytes), one per
+input, encoded once where the model ran, so no process on the way decodes them.
 
 Implementations: :class:`corral.workers.inprocess.InProcessEngine` (threads in the
 HTTP worker's own process). Every failure is raised as a
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -37,8 +38,8 @@ class Handle(ABC):
     """One submitted request."""
 
     @abstractmethod
-    def result(self, timeout: float) -> list[dict[str, Any]]:
-        """Wait up to ``timeout`` seconds; return the outputs or raise a CorralError.
+    def result(self, timeout: float) -> list[bytes]:
+        """Wait up to ``timeout`` seconds; return the outputs (JSON) or raise a CorralError.
 
         Raises RequestTimeout if no result came in time (the caller should then cancel).
         """

@@ -139,6 +139,13 @@ class ModelError(CorralError):
         return {"error_id": self.error_id}
 
 
+class InternalError(ModelError):
+    """Corral itself failed on a request (a bug): the client gets only the error id."""
+
+    type = "internal-error"
+    title = "Internal server error"
+
+
 class WorkerCrashed(CorralError):
     """The process computing this request died. No Retry-After: the input may be the cause."""
 
@@ -202,8 +209,8 @@ _BY_TYPE: dict[str, type[CorralError]] = {
     cls.type: cls
     for cls in (
         InvalidJSON, NotFound, ModelNotFound, VersionNotFound, PayloadTooLarge,
-        UnsupportedMediaType, InvalidInput, ModelError, WorkerCrashed, Overloaded,
-        ModelLoading, ModelFailed, RequestTimeout,
+        UnsupportedMediaType, InvalidInput, ModelError, InternalError, WorkerCrashed,
+        Overloaded, ModelLoading, ModelFailed, RequestTimeout,
     )
 }
 
@@ -217,8 +224,8 @@ def error_from_dict(data: dict[str, Any]) -> CorralError:
     cls = _BY_TYPE.get(str(data.get("type")), CorralError)
     detail = str(data.get("detail", ""))
     err: CorralError
-    if cls is ModelError:
-        err = ModelError(detail, error_id=str(data.get("error_id") or new_error_id()))
+    if issubclass(cls, ModelError):
+        err = cls(detail, error_id=str(data.get("error_id") or new_error_id()))
     elif issubclass(cls, _RetryLater):
         err = cls(detail, retry_after=int(data.get("retry_after", 1)))
     else:
@@ -230,5 +237,5 @@ def error_from_dict(data: dict[str, Any]) -> CorralError:
 
 # Every problem type Corral sends, as the OpenAPI document lists them.
 PROBLEM_TYPES: tuple[str, ...] = tuple(
-    sorted({*_BY_TYPE, MethodNotAllowed.type, CorralError.type, "about:blank"})
+    sorted({*_BY_TYPE, MethodNotAllowed.type, "about:blank"})
 )

@@ -6,7 +6,9 @@ Lifecycle of a :class:`Model` subclass:
   for its input and output types), so the module that defines it should stay
   light: heavy imports belong in :meth:`Model.load`.
 * One instance is created per *replica*; :meth:`Model.load` runs once in that
-  replica, before any call to :meth:`Model.predict`. HTTP workers never call it.
+  replica, before any call to :meth:`Model.predict`. Under ``corral serve`` each
+  replica is a process of its own and HTTP workers never call it; in-process mode
+  (``--dev``, tests, other WSGI servers) runs replicas as threads of the server.
 * :meth:`Model.predict` is called with a list of validated inputs and returns a
   list of outputs of the same length, in order. It is never called concurrently
   on one instance: a replica runs one batch at a time, so ``predict`` needs no

@@ -138,6 +138,8 @@ def test_highest_version_is_numeric_when_numbers() -> None:
 
 def test_version_order_puts_numbers_above_strings() -> None:
     assert sorted(["b", "10", "a", "9"], key=version_order) == ["a", "b", "9", "10"]
+    assert sorted(["1.10", "1.9", "2", "nan", "1e3"], key=version_order) == [
+        "1e3", "nan", "1.9", "1.10", "2"]
 
 
 def test_duplicate_name_and_version_is_refused() -> None:

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from flask import Request
 
-from ..errors import PayloadTooLarge, UnsupportedMediaType
+from ..errors import InvalidJSON, PayloadTooLarge, UnsupportedMediaType
 
 _CHUNK = 64 * 1024
-# How much of an oversized body is read and thrown away so that the client, still
-# sending, gets to read the 413 instead of a connection reset. Beyond this the
-# connection is simply closed.
+# How much of a refused body is read and thrown away before answering, so that a
+# client still sending gets to read the 413/415 instead of a connection reset. The
+# WSGI server may read the rest of the body itself to keep the connection alive.
 _DRAIN_LIMIT = 64 * 1024 * 1024
+
+
+def _read(request: Request, size: int) -> bytes:
+    """One read from the body; a malformed body (bad chunked encoding, cut short) is a 400."""
+    try:
+        return request.stream.read(size)
+    except Exception:  # the WSGI server's own parse errors are not all OSErrors
+        raise InvalidJSON("The request body could not be read: malformed chunked encoding "
+                          "or a body shorter than its Content-Length.") from None
 
 
 def read_json_body(request: Request, max_bytes: int) -> bytes:
@@ -26,11 +35,10 @@ def read_json_body(request: Request, max_bytes: int) -> bytes:
     if length is not None and length > max_bytes:
         _drain(request, _DRAIN_LIMIT)
         raise PayloadTooLarge(f"The body is {length} bytes; the limit is {max_bytes} bytes.")
-    stream = request.stream
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk = stream.read(min(_CHUNK, max_bytes + 1 - size))
+        chunk = _read(request, min(_CHUNK, max_bytes + 1 - size))
         if not chunk:
             break
         chunks.append(chunk)
@@ -42,10 +50,9 @@ def read_json_body(request: Request, max_bytes: int) -> bytes:
 
 
 def _drain(request: Request, limit: int) -> None:
-    stream = request.stream
     drained = 0
     while drained < limit:
-        chunk = stream.read(_CHUNK)
+        chunk = _read(request, _CHUNK)
         if not chunk:
             return
         drained += len(chunk)

@@ -15,7 +15,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 
-from ..errors import CorralError, MethodNotAllowed, NotFound, PayloadTooLarge, new_error_id
+from ..errors import CorralError, InternalError, MethodNotAllowed, NotFound, new_error_id
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +48,10 @@ def _from_http_exception(exc: HTTPException) -> CorralError | Response:
                                 allowed=allowed)
     if code == 404:
         return NotFound(f"No endpoint at {request.path}. The API is described at /docs.")
-    if code == 413:
-        return PayloadTooLarge("The request body is too large.")
     # Any other HTTP error werkzeug raises: a plain problem of that status.
     body = {"type": "about:blank", "title": exc.name, "status": code,
             "detail": exc.description or exc.name}
-    return Response(json.dumps(body), status=code, mimetype=PROBLEM_JSON)
+    return Response(json.dumps(body), status=status_line(code), mimetype=PROBLEM_JSON)
 
 
 def install_error_handlers(app: Flask) -> None:
@@ -71,7 +69,5 @@ def install_error_handlers(app: Flask) -> None:
         error_id = new_error_id()
         logger.error("unhandled error on %s %s (error id %s)", request.method, request.path,
                      error_id, exc_info=exc)
-        body = {"type": "internal-error", "title": "Internal server error", "status": 500,
-                "detail": f"The server failed on this request; error id {error_id}.",
-                "error_id": error_id}
-        return Response(json.dumps(body), status=500, mimetype=PROBLEM_JSON)
+        return problem_response(InternalError(
+            f"The server failed on this request; error id {error_id}.", error_id=error_id))

@@ -31,7 +31,8 @@ TIMEOUT_HEADER = "X-Request-Timeout"
 
 
 def _json_response(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data, separators=(",", ":")), status=status_line(status),
+    return Response(json.dumps(data, separators=(",", ":"), allow_nan=False),
+                    status=status_line(status),
                     mimetype="application/json")
 
 
@@ -60,14 +61,16 @@ class Routes:
         deadline = time.monotonic() + self._timeout(spec)
         body = read_json_body(request, self.settings.max_body_bytes)
         payload = parse_json(body, self.settings.max_json_depth)
-        inputs, is_batch = validate_inputs(spec.input_type, body, payload, self.settings.max_items)
+        inputs, is_batch = validate_inputs(spec.input_type, body, payload,
+                                           min(self.settings.max_items, spec.batching.max_queue))
         handle = self.engine.submit(spec.key, inputs, deadline)
         try:
             outputs = handle.result(timeout=deadline - time.monotonic())
         except RequestTimeout:
             handle.cancel()
             raise
-        return _json_response(outputs if is_batch else outputs[0])
+        body = b"[" + b",".join(outputs) + b"]" if is_batch else outputs[0]
+        return Response(body, status=status_line(200), mimetype="application/json")
 
     def _timeout(self, spec: ModelSpec) -> float:
         """The request's time budget: the model's timeout, or less if the client asks."""

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 
 from ..errors import ModelNotFound, StartupError, VersionNotFound
 from .spec import ModelKey, ModelSpec
 
 
-def version_order(version: str) -> tuple[int, float, str]:
-    """Sort key: numeric versions compare as numbers and above non-numeric ones."""
-    try:
-        return (1, float(version), "")
-    except ValueError:
-        return (0, 0.0, version)
+_NUMERIC = re.compile(r"^\d+(\.\d+)*$")
+
+
+def version_order(version: str) -> tuple[int, tuple[int, ...], str]:
+    """Sort key: numeric versions ("2", "1.10") compare as numbers, the rest as strings.
+
+    Numbers compare part by part ("1.10" > "1.9"); a numeric version ranks above a
+    non-numeric one, so a label such as "beta" never becomes the default by accident.
+    """
+    if _NUMERIC.match(version):
+        return (1, tuple(int(p) for p in version.split(".")), "")
+    return (0, (), version)
 
 
 class Catalog:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -19,12 +20,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is out of range")
+    return value
+
+
 def parse_json(body: bytes, max_depth: int) -> Any:
     """Parse a JSON body, refusing empty bodies, NaN/Infinity and deep nesting (400)."""
     if not body.strip():
         raise InvalidJSON("The request body is empty; send a JSON object or array.")
     try:
-        value = json.loads(body, parse_constant=_reject_constant)
+        text = body.decode("utf-8")  # strictly: no UTF-16/32 guessing, no BOM
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise InvalidJSON(f"The body is nested deeper than {max_depth} levels.") from None
     except UnicodeDecodeError:
@@ -80,6 +89,9 @@ def validate_inputs(
                 )
             return _list_adapter(input_type, max_items).validate_json(body, strict=True), True
     except ValidationError as exc:
+        bad_json = [e for e in exc.errors() if e["type"] == "json_invalid"]
+        if bad_json:  # e.g. a lone surrogate escape that Python's parser let through
+            raise InvalidJSON(f"The body is not valid JSON: {bad_json[0]['msg']}.") from None
         errors = [
             {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
             for e in exc.errors(include_url=False, include_context=False, include_input=False)

@@ -30,7 +30,8 @@ _PROBLEMS: dict[int, tuple[str, list[str]]] = {
     415: ("The body is not sent as application/json.", ["unsupported-media-type"]),
     422: ("The input does not match the model's input schema; `errors` names each field.",
           ["validation-error"]),
-    500: ("The model raised; `error_id` finds the traceback in the server log.", ["model-error"]),
+    500: ("The model raised (or the server failed); `error_id` finds the traceback in the "
+          "server log.", ["model-error", "internal-error"]),
     502: ("The model worker died while computing this request.", ["worker-crashed"]),
     503: ("The model is overloaded or loading (with Retry-After), or failed to load.",
           ["overloaded", "model-loading", "model-failed"]),
@@ -147,6 +148,8 @@ _EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
     "model-failed": ("Model failed", {"detail": "Model iris:1 failed to load: load() raised "
                      "OSError; the server log has the details under error id 5d0c2b7e9a114f38."}),
     "timeout": ("Request timed out", {"detail": "Model iris:1 gave no result in time."}),
+    "internal-error": ("Internal server error", {"detail": "The server failed on this request; "
+                       "error id 0c4e1f2a9b3d5e67.", "error_id": "0c4e1f2a9b3d5e67"}),
 }
 
 
@@ -181,7 +184,8 @@ def _predict_operation(spec: ModelSpec, settings: Settings, input_ref: dict[str,
     b = spec.batching
     body_schema = {"oneOf": [
         input_ref,
-        {"type": "array", "items": input_ref, "minItems": 1, "maxItems": settings.max_items},
+        {"type": "array", "items": input_ref, "minItems": 1,
+         "maxItems": min(settings.max_items, b.max_queue)},
     ]}
     media: dict[str, Any] = {"schema": body_schema}
     example = _example(schemas, input_ref)
@@ -199,7 +203,7 @@ def _predict_operation(spec: ModelSpec, settings: Settings, input_ref: dict[str,
     return {
         "description": (
             f"{spec.description}\n\nSend one input object, or an array of up to "
-            f"{settings.max_items} inputs (validated all or nothing). Batching: up to "
+            f"{min(settings.max_items, b.max_queue)} inputs (validated all or nothing). Batching: up to "
             f"{b.max_size} inputs per call, waiting at most {b.max_wait_ms:g} ms for a batch "
             f"to fill; queue bound {b.max_queue}; timeout {b.timeout:g} s."
         ).strip(),

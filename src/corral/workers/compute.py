@@ -7,11 +7,10 @@ only the request that caused the failure gets the error.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ..errors import CorralError, InvalidInput, ModelError, new_error_id
 from ..model import Model
@@ -19,14 +18,15 @@ from ..registry.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-Outcome = list[dict[str, Any]] | CorralError
+Outcome = list[bytes] | CorralError
 
 
-def predict_json(model: Model, spec: ModelSpec, inputs: list[BaseModel]) -> list[dict[str, Any]]:
-    """Call ``predict`` and turn its outputs into JSON-ready dicts, checking them.
+def predict_json(model: Model, spec: ModelSpec, inputs: list[BaseModel]) -> list[bytes]:
+    """Call ``predict`` and encode its outputs as JSON documents, checking them.
 
     Raises whatever ``predict`` raises, or ModelError when the outputs are not a
-    list of the declared output type of the right length.
+    list of the declared output type of the right length, or hold a number JSON
+    cannot carry (NaN, infinity).
     """
     outputs = model.predict(inputs)
     if not isinstance(outputs, list) or len(outputs) != len(inputs):
@@ -38,8 +38,9 @@ def predict_json(model: Model, spec: ModelSpec, inputs: list[BaseModel]) -> list
         try:
             if not isinstance(out, out_type):
                 out = out_type.model_validate(out)
-            result.append(out.model_dump(mode="json"))
-        except (ValidationError, TypeError, ValueError) as exc:
+            result.append(json.dumps(out.model_dump(mode="json"), allow_nan=False,
+                                     separators=(",", ":")).encode())
+        except (TypeError, ValueError) as exc:
             raise _bad_output(spec, f"output {i} is not a valid {out_type.__name__}: {exc}") from None
     return result
 
@@ -74,7 +75,7 @@ def compute(
     model: Model,
     spec: ModelSpec,
     groups: Sequence[list[BaseModel]],
-    run: Callable[[Callable[[], list[dict[str, Any]]]], list[dict[str, Any]]] = lambda f: f(),
+    run: Callable[[Callable[[], list[bytes]]], list[bytes]] = lambda f: f(),
 ) -> list[Outcome]:
     """Compute several requests' inputs as one batch; one outcome per group.
 
@@ -84,7 +85,7 @@ def compute(
     flat = [x for g in groups for x in g]
     try:
         outputs = run(lambda: predict_json(model, spec, flat))
-    except Exception as exc:  # the model's own code failed: isolate the culprit
+    except BaseException as exc:  # the model's own code failed (even SystemExit): isolate it
         if len(groups) == 1:
             return [as_client_error(spec, exc)]
         if not isinstance(exc, (InvalidInput, ModelError)):

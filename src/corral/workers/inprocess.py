@@ -29,6 +29,7 @@ from ..errors import (
     ModelFailed,
     ModelLoading,
     ModelNotFound,
+    Overloaded,
     RequestTimeout,
     new_error_id,
 )
@@ -67,12 +68,12 @@ class _Pending(Handle):
     def __init__(self, runner: _ModelRunner, n: int) -> None:
         self._runner = runner
         self._done = threading.Event()
-        self._results: list[dict[str, Any]] = [{}] * n
+        self._results: list[bytes] = [b""] * n
         self._filled = 0
         self._error: CorralError | None = None
         self.ticket: Ticket | None = None
 
-    def result(self, timeout: float) -> list[dict[str, Any]]:
+    def result(self, timeout: float) -> list[bytes]:
         if not self._done.wait(max(0.0, timeout)):
             raise RequestTimeout(f"Model {self._runner.spec.key} gave no result in time.")
         if self._error is not None:
@@ -83,7 +84,7 @@ class _Pending(Handle):
         if self.ticket is not None:
             self._runner.finish(self.ticket)
 
-    def fill(self, start: int, outputs: list[dict[str, Any]]) -> None:
+    def fill(self, start: int, outputs: list[bytes]) -> None:
         """Store one slice's outputs; the handle completes when every input has one."""
         self._results[start : start + len(outputs)] = outputs
         self._filled += len(outputs)
@@ -124,7 +125,8 @@ class _ModelRunner:
             tickets = self.queue.drain()
             self._cond.notify_all()
         for t in tickets:
-            t.context.fail(ModelFailed(f"Model {self.spec.key} is shutting down."))
+            t.context.fail(Overloaded(f"Model {self.spec.key} is shutting down; retry.",
+                                      retry_after=1))
 
     def status(self) -> ModelStatus:
         with self._cond:
@@ -137,6 +139,8 @@ class _ModelRunner:
     # -- requests ---------------------------------------------------------------------
 
     def submit(self, inputs: list[BaseModel], deadline: float) -> Handle:
+        if self._stopping:
+            raise Overloaded(f"Model {self.spec.key} is shutting down; retry.", retry_after=1)
         status = self.status()
         if status.state == "loading":
             raise ModelLoading(f"Model {self.spec.key} is still loading; retry shortly.", retry_after=2)
@@ -176,7 +180,7 @@ class _ModelRunner:
         started = time.monotonic()
         try:
             model: Model = self._run(lambda: _load_instance(self.spec.cls))
-        except Exception as exc:
+        except BaseException as exc:  # whatever load() raises, the model is failed
             error_id = new_error_id()
             logger.error("model %s replica %d: load() raised %s (error id %s)",
                          self.spec.key, index, type(exc).__name__, error_id,
@@ -185,9 +189,6 @@ class _ModelRunner:
                 self._failed += 1
                 self._error = (f"load() raised {type(exc).__name__}; "
                                f"the server log has the details under error id {error_id}.")
-                tickets = self.queue.drain() if self._failed == self.spec.replicas else []
-            for t in tickets:
-                t.context.fail(ModelFailed(f"Model {self.spec.key} failed to load: {self._error}"))
             return None
         logger.info("model %s replica %d loaded in %.2fs", self.spec.key, index,
                     time.monotonic() - started)
@@ -204,7 +205,10 @@ class _ModelRunner:
                         f"Model {self.spec.key} did not start this request before its deadline."))
                 if self.queue.ready(self._busy):
                     self._busy += 1
-                    return self.queue.take()
+                    batch = self.queue.take()
+                    if len(self.queue):
+                        self._cond.notify()  # more is waiting: another free replica may take it
+                    return batch
                 self._cond.wait(self.queue.next_wakeup(self._busy))
         return None
 

@@ -9,7 +9,6 @@ patched the process.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import sys
 import threading
@@ -46,7 +45,7 @@ class _RemoteHandle(Handle):
     def __init__(self, channel: Channel, key: ModelKey, rid: int) -> None:
         self.channel, self.key, self.rid = channel, key, rid
 
-    def result(self, timeout: float) -> list[dict[str, Any]]:
+    def result(self, timeout: float) -> list[bytes]:
         try:
             msg = self.channel.wait(self.rid, timeout)
         except DispatcherGone:
@@ -60,7 +59,7 @@ class _RemoteHandle(Handle):
             raise error_from_dict(msg.error)
         if not isinstance(msg, Result):
             raise WorkerCrashed(f"The dispatcher of model {self.key} answered out of protocol.")
-        return [json.loads(o) for o in msg.outputs]
+        return msg.outputs
 
     def cancel(self) -> None:
         try:

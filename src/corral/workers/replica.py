@@ -9,7 +9,6 @@ Exit status LOAD_FAILED tells the supervisor that ``load()`` raised.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -72,14 +71,10 @@ def serve_batches(sock: zmq.Socket[bytes], model: Model, spec: ModelSpec, hello:
         for outcome in outcomes:
             if isinstance(outcome, list):
                 meta.append({"ok": len(outcome)})
-                outputs.extend(_dumps(o) for o in outcome)
+                outputs.extend(outcome)
             else:
                 meta.append({"error": outcome.to_dict()})
         sock.send_multipart(encode(Done(batch=work.batch, outcomes=meta, outputs=outputs)))
-
-
-def _dumps(output: dict[str, object]) -> bytes:
-    return json.dumps(output, separators=(",", ":")).encode()
 
 
 def main(argv: list[str]) -> int:
