@@ -163,9 +163,11 @@ class GreenChannel:
         waiter = self.pending.get(rid)
         if waiter is None:
             return None
+        from gevent import Timeout
+
         try:
             result = waiter.get(timeout=max(0.0, timeout))
-        except Exception:  # gevent.Timeout
+        except Timeout:  # a BaseException: it must not escape as a server error
             return None
         finally:
             self.pending.pop(rid, None)

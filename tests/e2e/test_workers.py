@@ -1,0 +1,215 @@
+"""The process tree of `corral serve`: batching across HTTP workers, failures, shutdown.
+
+Every wait is bounded and generous: these run on a loaded 2-core machine, so the
+tests assert on outcomes and order, never on tight timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import requests
+
+from tests.conftest import APPS, ServerProcess
+from tests.proctree import Proc, alive, descendants, wait_until
+
+pytestmark = pytest.mark.slow
+
+BASIC = str(APPS / "basic.py")
+Serve = Callable[..., ServerProcess]
+FAST_LOAD = {"SLOW_LOAD_SECONDS": "0"}
+
+
+def post(server: ServerProcess, path: str, body: Any, **kw: Any) -> requests.Response:
+    kw.setdefault("timeout", 60)
+    return requests.post(server.url + path, json=body, **kw)
+
+
+def model_procs(server: ServerProcess, role: str, model: str) -> list[Proc]:
+    """The dispatcher or replica processes of one model (by name, any version)."""
+    found = []
+    for p in descendants(server.proc.pid):
+        if p.role != role:
+            continue
+        plan = json.loads(Path(p.argv[p.argv.index("corral.workers") + 2]).read_text())
+        if plan["models"][p.model_index]["name"] == model:
+            found.append(p)
+    return found
+
+
+def http_workers(server: ServerProcess) -> list[Proc]:
+    masters = [p for p in descendants(server.proc.pid) if p.role == "http"
+               and p.ppid == server.proc.pid]
+    return [p for p in descendants(masters[0].pid)] if masters else []
+
+
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_batches_form_across_http_workers_on_one_model_copy(serve: Serve,
+                                                            worker_class: str) -> None:
+    server = serve(BASIC, "--workers", "4", "--threads", "1", "--worker-class", worker_class,
+                   env=FAST_LOAD)
+    assert len(http_workers(server)) == 4
+    body = {"values": [2, 3], "delay": 0.3}
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda _: post(server, "/v1/models/sum/predict", body),
+                                  range(16)))
+    assert [r.status_code for r in responses] == [200] * 16, [r.text for r in responses]
+    sizes = [r.json()["batch_size"] for r in responses]
+    assert max(sizes) > 1, sizes
+    if worker_class == "gthread":
+        # One thread per HTTP worker: a worker has one request in flight at a time, so
+        # any batch larger than one holds requests from several workers.
+        assert max(sizes) <= 4
+    assert max(sizes) <= 8  # the model's max_size
+    pids = {r.json()["pid"] for r in responses}
+    replicas = model_procs(server, "replica", "sum")
+    assert len(replicas) == 1 and pids == {replicas[0].pid}
+    http_pids = {p.pid for p in http_workers(server)}
+    assert not pids & http_pids  # no HTTP worker computed anything
+
+
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_killing_a_replica_fails_only_its_batch(serve: Serve, worker_class: str) -> None:
+    server = serve(BASIC, "--worker-class", worker_class, env=FAST_LOAD)
+    (replica,) = model_procs(server, "replica", "sum")
+    results: dict[str, requests.Response] = {}
+
+    def call(name: str, body: dict[str, Any]) -> None:
+        results[name] = post(server, "/v1/models/sum/predict", body)
+
+    # The first request occupies the replica for 10 s; the second waits in the queue.
+    computing = threading.Thread(target=call, args=("computing", {"values": [1], "delay": 10}))
+    computing.start()
+    wait_until(lambda: post(server, "/v1/models/sum/predict", {"values": [0]},
+                            headers={"X-Request-Timeout": "0.2"}).status_code == 504,
+               20, "the replica to be busy")
+    queued = threading.Thread(target=call, args=("queued", {"values": [5]}))
+    queued.start()
+    time.sleep(0.5)
+    killed_at = time.monotonic()
+    os.kill(replica.pid, signal.SIGKILL)
+    computing.join(30)
+    crashed = results["computing"]
+    assert crashed.status_code == 502 and crashed.json()["type"] == "worker-crashed"
+    assert "Retry-After" not in crashed.headers
+    assert time.monotonic() - killed_at < 8  # answered when the replica died, not after 10 s
+    queued.join(60)
+    assert results["queued"].status_code == 200 and results["queued"].json()["total"] == 5
+    (replacement,) = model_procs(server, "replica", "sum")
+    assert replacement.pid != replica.pid
+    assert results["queued"].json()["pid"] == replacement.pid
+    # Other models never noticed; the model is back to full service.
+    assert post(server, "/v1/models/echo/predict", {"word": "ok"}).status_code == 200
+    assert post(server, "/v1/models/sum/predict", {"values": [7]}).json()["total"] == 7
+
+
+def test_killing_an_http_worker_keeps_the_models(serve: Serve) -> None:
+    server = serve(BASIC, "--workers", "2", env=FAST_LOAD)
+    before = post(server, "/v1/models/sum/predict", {"values": [1]}).json()["pid"]
+    victim = http_workers(server)[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    wait_until(lambda: len(http_workers(server)) == 2
+               and victim.pid not in {p.pid for p in http_workers(server)}, 30,
+               "Gunicorn to replace the worker")
+    for _ in range(10):
+        resp = post(server, "/v1/models/sum/predict", {"values": [1]})
+        assert resp.status_code == 200 and resp.json()["pid"] == before
+
+
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_killing_a_dispatcher_fails_waiters_fast_and_recovers(serve: Serve,
+                                                             worker_class: str) -> None:
+    server = serve(BASIC, "--worker-class", worker_class, env=FAST_LOAD)
+    (dispatcher,) = model_procs(server, "dispatcher", "sum")
+    result: dict[str, requests.Response] = {}
+    waiter = threading.Thread(target=lambda: result.setdefault(
+        "r", post(server, "/v1/models/sum/predict", {"values": [1], "delay": 10})))
+    waiter.start()
+    time.sleep(1.0)
+    killed_at = time.monotonic()
+    os.kill(dispatcher.pid, signal.SIGKILL)
+    waiter.join(30)
+    assert result["r"].status_code == 502, result["r"].text
+    assert time.monotonic() - killed_at < 8  # failed fast, not after the 10 s predict
+    wait_until(lambda: [p.pid for p in model_procs(server, "dispatcher", "sum")]
+               not in ([], [dispatcher.pid]), 30, "a new dispatcher")
+
+    def serves() -> bool:
+        r = post(server, "/v1/models/sum/predict", {"values": [4]})
+        return r.status_code == 200 and r.json()["total"] == 4
+
+    wait_until(serves, 60, "the model to serve again")
+
+
+def test_queue_full_loading_and_timeout_answers(serve: Serve, tmp_path: Path) -> None:
+    record = tmp_path / "computed.txt"
+    server = serve(BASIC, ready_path="/healthz",
+                   env={"SLOW_LOAD_SECONDS": "5", "SUM_RECORD_FILE": str(record),
+                        "CORRAL_MODELS__SUM__MAX_QUEUE": "2"})
+    loading = post(server, "/v1/models/slow-load/predict", {"word": "a"})
+    assert loading.status_code in (200, 503)
+    if loading.status_code == 503:
+        assert loading.json()["type"] == "model-loading" and loading.headers["Retry-After"]
+    server.wait_ready(60, "/readyz")
+    # Occupy the replica, then overfill the queue of 2.
+    busy = threading.Thread(target=post, args=(server, "/v1/models/sum/predict",
+                                               {"values": [0], "delay": 3}))
+    busy.start()
+    time.sleep(0.5)
+    with ThreadPoolExecutor(6) as pool:
+        bodies = [{"values": [100 + i]} for i in range(6)]
+        responses = list(pool.map(lambda b: post(server, "/v1/models/sum/predict", b), bodies))
+    statuses = [r.status_code for r in responses]
+    assert 503 in statuses and statuses.count(200) >= 1, statuses
+    overloaded = next(r for r in responses if r.status_code == 503)
+    assert overloaded.json()["type"] == "overloaded" and overloaded.headers["Retry-After"] == "1"
+    busy.join(30)
+    # A deadline that passes in the queue: 504, and the input is never computed.
+    hold = threading.Thread(target=post, args=(server, "/v1/models/sum/predict",
+                                               {"values": [0], "delay": 2}))
+    hold.start()
+    time.sleep(0.5)
+    late = post(server, "/v1/models/sum/predict", {"values": [424242]},
+                headers={"X-Request-Timeout": "0.5"})
+    hold.join(30)
+    assert late.status_code == 504 and late.json()["type"] == "timeout"
+    time.sleep(1.0)
+    assert "424242" not in record.read_text()
+
+
+def test_killing_the_supervisor_leaves_nothing(serve: Serve) -> None:
+    server = serve(BASIC, "--workers", "2", env=FAST_LOAD)
+    tree = descendants(server.proc.pid)
+    assert {p.role for p in tree} >= {"http", "dispatcher", "replica"}
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(10)
+    wait_until(lambda: not any(alive(p.pid) for p in tree), 30,
+               f"every child to exit: {[p for p in tree if alive(p.pid)]}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_shutdown_drains_then_leaves_nothing(serve: Serve, sig: int) -> None:
+    server = serve(BASIC, "--workers", "2", env=FAST_LOAD)
+    tree = descendants(server.proc.pid)
+    plan = next(p for p in tree if p.role == "dispatcher").argv[-2]
+    run_dir = Path(plan).parent
+    assert any(run_dir.glob("*.f"))  # the sockets are there while serving
+    result: dict[str, requests.Response] = {}
+    inflight = threading.Thread(target=lambda: result.setdefault(
+        "r", post(server, "/v1/models/sum/predict", {"values": [9], "delay": 2})))
+    inflight.start()
+    time.sleep(0.7)
+    os.killpg(server.proc.pid, sig)  # as a terminal does: the whole process group
+    assert server.proc.wait(60) == 0
+    inflight.join(30)
+    assert result["r"].status_code == 200 and result["r"].json()["total"] == 9  # drained
+    assert not any(alive(p.pid) for p in tree)
+    assert not run_dir.exists()  # no socket file, no plan left behind
