@@ -12,12 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ModelOverrides(BaseModel):
     """Per-model settings that override the model class's attributes when set."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
 
     max_size: int | None = Field(None, ge=1, description="Most inputs in one predict call.")
     max_wait_ms: float | None = Field(None, ge=0, description="Longest wait for a batch to fill.")

@@ -44,7 +44,9 @@ class Server:
 
     def catalog(self, settings: Settings) -> Catalog:
         """Check every model and combine it with its settings overrides."""
-        return Catalog(build_spec(m, settings) for m in self.models)
+        catalog = Catalog(build_spec(m, settings) for m in self.models)
+        catalog.check_overrides(settings.models)
+        return catalog
 
     def create_app(self, settings: Settings, engine: Engine | None = None) -> Flask:
         """The Flask app; with no engine given, models run in this process."""

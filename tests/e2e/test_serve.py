@@ -130,6 +130,17 @@ def test_curl_receives_413_for_oversized_body(serve: Serve, tmp_path: Path,
     assert post(server, "/v1/models/text-stats/predict", {"text": "ok"}).status_code == 200
 
 
+def test_requests_gunicorn_refuses_are_problems_too(serve: Serve) -> None:
+    server = serve(QUICKSTART)
+    long_path = requests.get(server.url + "/v1/models/" + "a" * 5000, timeout=10)
+    assert long_path.status_code == 414
+    assert long_path.headers["Content-Type"] == "application/problem+json"
+    assert long_path.json()["status"] == 414
+    bad_header = requests.get(server.url + "/healthz", headers={"X-Big": "x" * 10000}, timeout=10)
+    assert bad_header.status_code in (400, 431)
+    assert bad_header.json()["type"] == "about:blank"
+
+
 def test_module_attr_target_and_sigterm_exits_zero(serve: Serve) -> None:
     server = serve("tests.apps.basic:app", env={"SLOW_LOAD_SECONDS": "0"})
     assert post(server, "/v1/models/echo/predict", {"word": "ab"}).json() == {"upper": "BA"}
@@ -162,6 +173,23 @@ def test_bad_model_file_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     missing = run_cli("serve", "no_such_module", cwd=tmp_path)
     assert missing.returncode != 0 and "No module named 'no_such_module'" in missing.stderr
+    broken = tmp_path / "broken.py"
+    broken.write_text("import corral\nclass M(corral.Model)\n    pass\n")
+    result = run_cli("serve", str(broken), cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "SyntaxError" in result.stderr and "line 2" in result.stderr
+
+
+def test_heavy_imports_in_the_app_file_are_warned_about(serve: Serve, tmp_path: Path) -> None:
+    app = tmp_path / "heavy.py"
+    app.write_text(
+        "import sys, types\n"
+        "sys.modules.setdefault('jax', types.ModuleType('jax'))  # as if app.py imported jax\n"
+        "from tests.fixtures import EchoV1Model\n"
+    )
+    server = serve(f"{app}:EchoV1Model")  # the path.py:attr form
+    assert post(server, "/v1/models/echo/predict", {"word": "a"}).status_code == 200
+    assert "imported jax" in server.log()
 
 
 def test_openapi_command_prints_the_document(tmp_path: Path) -> None:

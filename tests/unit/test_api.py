@@ -436,3 +436,39 @@ def test_unexpected_server_error_is_a_problem_with_an_id() -> None:
         assert resp.status == "500 Internal Server Error"
     finally:
         app.extensions["corral.engine"].stop()
+
+
+def test_slashes_and_huge_integers(client: FlaskClient) -> None:
+    assert client.get("/v1/models/").status_code == 200
+    assert_problem(client.get("/v1//models"), 404, "not-found")
+    problem = assert_problem(client.post("/v1/models/sum/predict", data=b'{"values": [' +
+                                         b"9" * 4050 + b"]}", content_type="application/json"),
+                             400, "invalid-json")
+    assert "digits" in problem["detail"] and "sys." not in problem["detail"]
+
+
+@pytest.mark.parametrize("value, msg", [("abc", "must be a number"), ("1_0", "must be a number"),
+                                        ("\u0663", "must be a number"),
+                                        ("0.05", "at least 0.1")])
+def test_timeout_header_messages(client: FlaskClient, value: str, msg: str) -> None:
+    resp = post(client, "/v1/models/sum/predict", {"values": [1]},
+                headers={"X-Request-Timeout": value.encode().decode("latin-1")})
+    assert msg in assert_problem(resp, 422, "validation-error")["detail"]
+
+
+def test_misspelt_overrides_are_refused() -> None:
+    from corral.errors import StartupError
+
+    with pytest.raises(StartupError, match="no model named 'nope'"):
+        corral.Server([SumModel]).catalog(Settings(models={"nope": {"max_size": 2}}))
+    with pytest.raises(ValueError, match="maxsize"):
+        Settings(models={"sum": {"maxsize": 2}})
+
+
+def test_description_is_the_model_docstring_only(client: FlaskClient) -> None:
+    class Undocumented(EchoV1Model):
+        name = "undocumented"
+
+    Undocumented.__doc__ = None
+    assert corral.Server([Undocumented]).catalog(Settings()).resolve("undocumented").description == ""
+    assert client.get("/v1/models/sum").get_json()["description"].startswith("Adds numbers")

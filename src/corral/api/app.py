@@ -21,6 +21,8 @@ def create_app(catalog: Catalog, engine: Engine, settings: Settings, title: str 
     """
     app = Flask("corral")
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.url_map.merge_slashes = False  # "//v1//models" is a 404, not a redirect
+    app.url_map.strict_slashes = False  # "/v1/models/" is "/v1/models"
     install_error_handlers(app)
     Routes(catalog, engine, settings).register(app)
     install_docs(app, build_openapi(catalog, settings, title))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
+import re
 import time
 from typing import Any
 
@@ -28,6 +28,7 @@ from .body import read_json_body
 from .problems import status_line
 
 TIMEOUT_HEADER = "X-Request-Timeout"
+_SECONDS = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,9})?$")
 
 
 def _json_response(data: Any, status: int = 200) -> Response:
@@ -78,14 +79,16 @@ class Routes:
         raw = request.headers.get(TIMEOUT_HEADER)
         if raw is None:
             return limit
-        try:
-            asked = float(raw)
-        except ValueError:
-            asked = math.nan
-        if not (asked >= MIN_REQUEST_TIMEOUT and math.isfinite(asked)):
+        if not _SECONDS.match(raw):
             raise InvalidInput(
-                f"{TIMEOUT_HEADER} must be a number of seconds of at least {MIN_REQUEST_TIMEOUT}; "
-                f"got {raw!r}.",
+                f"{TIMEOUT_HEADER} must be a number of seconds, such as 2 or 0.5.",
+                errors=[{"loc": ["header", TIMEOUT_HEADER],
+                         "msg": "Input should be a valid number", "type": "float_parsing"}],
+            )
+        asked = float(raw)
+        if asked < MIN_REQUEST_TIMEOUT:
+            raise InvalidInput(
+                f"{TIMEOUT_HEADER} must be at least {MIN_REQUEST_TIMEOUT} seconds; got {raw}.",
                 errors=[{"loc": ["header", TIMEOUT_HEADER],
                          "msg": f"Input should be greater than or equal to {MIN_REQUEST_TIMEOUT}",
                          "type": "greater_than_equal"}],

@@ -26,6 +26,16 @@ def version_order(version: str) -> tuple[int, tuple[int, ...], str]:
 class Catalog:
     """Every served model version; answers "which spec does this path mean"."""
 
+    def check_overrides(self, names: Iterable[str]) -> None:
+        """Refuse per-model settings that name no served model (a typo would be ignored)."""
+        known = {n.replace("-", "_") for n in self._by_name}
+        for name in names:
+            if name.lower().replace("-", "_") not in known:
+                raise StartupError(
+                    f"CORRAL_MODELS__{name.upper()}__...: no model named {name!r}; served models: "
+                    f"{', '.join(self.names())}."
+                )
+
     def __init__(self, specs: Iterable[ModelSpec]) -> None:
         self._by_name: dict[str, dict[str, ModelSpec]] = {}
         for spec in specs:

@@ -108,7 +108,8 @@ def build_spec(cls: type[Model], settings: Settings) -> ModelSpec:
         batching=batching,
         replicas=replicas,
         default=bool(cls.default),
-        description=inspect.getdoc(cls) or "",
+        # The class's own docstring only: never corral.Model's, nor a base class's.
+        description=inspect.cleandoc(cls.__dict__.get("__doc__") or ""),
     )
 
 

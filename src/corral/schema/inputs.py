@@ -20,6 +20,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _bounded_int(text: str) -> int:
+    if len(text) > 4000:
+        raise ValueError(f"an integer of {len(text)} digits is out of range")
+    return int(text)
+
+
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
@@ -33,7 +39,8 @@ def parse_json(body: bytes, max_depth: int) -> Any:
         raise InvalidJSON("The request body is empty; send a JSON object or array.")
     try:
         text = body.decode("utf-8")  # strictly: no UTF-16/32 guessing, no BOM
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
+                           parse_int=_bounded_int)
     except RecursionError:
         raise InvalidJSON(f"The body is nested deeper than {max_depth} levels.") from None
     except UnicodeDecodeError:

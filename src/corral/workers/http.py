@@ -7,11 +7,13 @@ encodes, and never loads a model.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 
 from ..cli.discover import load_server, warn_heavy_imports
@@ -45,12 +47,25 @@ def _worker_exit(server: Any, worker: Any) -> None:
         _engine_of(app).stop()
 
 
+def _write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """Gunicorn's own error answers (414, 431, bad headers...) as problem+json, not HTML."""
+    problem = {"type": "internal-error" if status_int >= 500 else "about:blank",
+               "title": reason, "status": status_int, "detail": mesg or reason}
+    body = json.dumps(problem).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n\r\n")
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
 class GunicornServer(BaseApplication):  # type: ignore[misc]
     """Gunicorn configured from Settings; each worker calls ``app_factory`` after the fork."""
 
     def __init__(self, settings: Settings, app_factory: Callable[[], Flask]) -> None:
         self.settings = settings
         self.app_factory = app_factory
+        # Gunicorn answers requests it cannot parse itself, before any app sees them;
+        # its workers call util.write_error for that, so that one function is replaced.
+        gunicorn_util.write_error = _write_problem
         super().__init__()
 
     def load_config(self) -> None:
