@@ -122,3 +122,25 @@ def test_embeddings_served_offline(serve: Callable[..., ServerProcess], tmp_path
     # where no model runs), and nothing went wrong in the log.
     log = server.log()
     assert "imported torch" not in log and "Traceback" not in log, log
+
+    # The model lives only in its replica: no HTTP worker maps libtorch, and each HTTP
+    # worker is a fraction of the replica's size.
+    from tests.proctree import descendants
+
+    tree = descendants(server.proc.pid)
+    (replica,) = [p for p in tree if p.role == "replica"]
+    http = [p for p in tree if p.role == "http"]
+    assert http, tree
+
+    def maps_torch(pid: int) -> bool:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+    def rss_kib(pid: int) -> int:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("VmRSS:")))
+
+    assert maps_torch(replica.pid)
+    assert not any(maps_torch(p.pid) for p in http)
+    assert all(rss_kib(p.pid) * 3 < rss_kib(replica.pid) for p in http), (
+        {p.pid: rss_kib(p.pid) for p in http}, rss_kib(replica.pid))
