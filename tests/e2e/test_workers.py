@@ -213,3 +213,56 @@ def test_shutdown_drains_then_leaves_nothing(serve: Serve, sig: int) -> None:
     assert result["r"].status_code == 200 and result["r"].json()["total"] == 9  # drained
     assert not any(alive(p.pid) for p in tree)
     assert not run_dir.exists()  # no socket file, no plan left behind
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text, 0 if absent."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        sample, value = line.rsplit(" ", 1)
+        sample_name, _, rest = sample.partition("{")
+        got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+        if sample_name == name and got == want:
+            return float(value)
+    return 0.0
+
+
+def test_metrics_count_exactly_across_http_workers(serve: Serve) -> None:
+    server = serve(BASIC, "--workers", "3", env=FAST_LOAD)
+    before = requests.get(server.url + "/metrics", timeout=10).text
+    n = 24
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(
+            lambda i: post(server, "/v1/models/sum/predict", {"values": [i], "delay": 0.05}),
+            range(n)))
+    assert all(r.status_code == 200 for r in responses)
+    assert post(server, "/v1/models/sum/predict", {"values": "x"}).status_code == 422
+    after = requests.get(server.url + "/metrics", timeout=10).text
+    ok = dict(model="sum", version="1", status="200")
+    assert metric(after, "corral_requests_total", **ok) - metric(before, "corral_requests_total",
+                                                                 **ok) == n
+    bad = dict(model="sum", version="1", status="422")
+    assert metric(after, "corral_requests_total", **bad) - metric(before, "corral_requests_total",
+                                                                  **bad) == 1
+    # Batches: every input went through predict, in fewer calls than requests.
+    inputs = metric(after, "corral_batch_size_sum", model="sum") - metric(
+        before, "corral_batch_size_sum", model="sum")
+    calls = metric(after, "corral_batch_size_count", model="sum") - metric(
+        before, "corral_batch_size_count", model="sum")
+    assert inputs == n and 0 < calls <= n
+    assert metric(after, "corral_predict_duration_seconds_count", model="sum") >= calls
+    assert metric(after, "corral_queue_wait_seconds_count", model="sum") >= n
+    assert metric(after, "corral_request_duration_seconds_count", model="sum", version="1") >= n
+    assert metric(after, "corral_model_load_seconds", model="sum") >= 0
+    assert "corral_queue_depth" in after
+    # A killed replica is counted as a restart once its replacement starts.
+    (replica,) = model_procs(server, "replica", "echo")[:1]
+    os.kill(replica.pid, signal.SIGKILL)
+
+    def restarted() -> bool:
+        text = requests.get(server.url + "/metrics", timeout=10).text
+        return metric(text, "corral_replica_restarts_total", model="echo") >= 1
+
+    wait_until(restarted, 30, "the restart to be counted")

@@ -11,7 +11,8 @@ from flask import Flask, Response, request
 
 from ..config import Settings
 from ..engine import Engine
-from ..errors import InvalidInput, RequestTimeout
+from .. import metrics
+from ..errors import CorralError, InvalidInput, RequestTimeout
 from ..registry.catalog import Catalog
 from ..registry.spec import ModelSpec
 from ..schema.api_types import (
@@ -54,11 +55,27 @@ class Routes:
                          self.predict, methods=["POST"])
         app.add_url_rule("/healthz", "healthz", self.healthz, methods=["GET"])
         app.add_url_rule("/readyz", "readyz", self.readyz, methods=["GET"])
+        app.add_url_rule("/metrics", "metrics", self.metrics, methods=["GET"])
 
     # -- predict ----------------------------------------------------------------------
 
     def predict(self, name: str, version: str | None = None) -> Response:
-        spec = self.catalog.resolve(name, version)
+        spec = self.catalog.resolve(name, version)  # unknown names are not counted
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = self._predict(spec)
+            status = response.status_code
+            return response
+        except CorralError as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.REQUESTS.labels(spec.name, spec.version, str(status)).inc()
+            metrics.REQUEST_DURATION.labels(spec.name, spec.version).observe(
+                time.perf_counter() - started)
+
+    def _predict(self, spec: ModelSpec) -> Response:
         deadline = time.monotonic() + self._timeout(spec)
         body = read_json_body(request, self.settings.max_body_bytes)
         payload = parse_json(body, self.settings.max_json_depth)
@@ -130,6 +147,10 @@ class Routes:
                                                                        exclude_none=True))
 
     # -- health -----------------------------------------------------------------------
+
+    def metrics(self) -> Response:
+        body, content_type = metrics.render()
+        return Response(body, content_type=content_type)
 
     def healthz(self) -> Response:
         return _json_response({"status": "ok"})

@@ -73,6 +73,10 @@ def build_openapi(catalog: Catalog, settings: Settings, title: str = "Corral") -
             "The body lists each model's state.", "health",
             {200: _json("Ready.", ref(Readiness, "serialization")),
              503: _json("Not ready yet.", ref(Readiness, "serialization"))})},
+        "/metrics": {"get": _operation(
+            "Metrics", "Prometheus text format, summed over every process of the server.",
+            "health", {200: {"description": "Prometheus exposition format.",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}}})},
         "/openapi.json": {"get": _operation(
             "OpenAPI document", "This document.", "docs",
             {200: _json("The OpenAPI 3.1 document.", {"type": "object"})})},

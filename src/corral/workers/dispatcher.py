@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from .. import metrics
 from ..batching.queue import Batch, BatchQueue, Ticket
 from ..cli.discover import load_server
 from ..errors import (
@@ -92,6 +93,7 @@ class Dispatcher:
 
     def __post_init__(self) -> None:
         self.queue = BatchQueue(self.spec.batching)
+        self.depth = metrics.QUEUE_DEPTH.labels(self.spec.name)
         self.poller = zmq.Poller()
         self.poller.register(self.frontend, zmq.POLLIN)
         self.poller.register(self.backend, zmq.POLLIN)
@@ -129,6 +131,7 @@ class Dispatcher:
                     self.replica_gone(replica, "exited")
             self.expire()
             self.dispatch()
+            self.depth.set(len(self.queue))
 
     def _drain(self, sock: zmq.Socket[bytes], handle: object) -> None:
         for _ in range(_DRAIN):
@@ -205,6 +208,7 @@ class Dispatcher:
         while free and self.queue.ready(self.busy):
             replica = free.pop()
             batch = self.queue.take()
+            metrics.observe_batch(self.spec.name, batch, self.queue.clock())
             batch_id = next(self.batch_ids)
             replica.batch = (batch_id, batch)
             work = Work(batch=batch_id, groups=[s.stop - s.start for s in batch.slices],

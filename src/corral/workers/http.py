@@ -16,6 +16,7 @@ from flask import Flask
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 
+from .. import metrics
 from ..cli.discover import load_server, warn_heavy_imports
 from ..config import Settings
 from ..engine import Engine
@@ -39,6 +40,10 @@ def _post_worker_init(worker: Any) -> None:
     # After the fork and, for gevent, after monkey-patching.
     warn_heavy_imports(f"HTTP worker {worker.pid}")
     _engine_of(worker.wsgi).start()
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    metrics.process_exited(worker.pid)  # runs in the Gunicorn master
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
@@ -84,6 +89,7 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "proc_name": "corral",
             "post_worker_init": _post_worker_init,
             "worker_exit": _worker_exit,
+            "child_exit": _child_exit,
         }
         if s.access_log:
             options["accesslog"] = "-"

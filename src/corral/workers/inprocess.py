@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from .. import metrics
 from ..batching.queue import Batch, BatchQueue, Ticket
 from ..engine import Engine, Handle, ModelStatus
 from ..errors import (
@@ -190,6 +191,7 @@ class _ModelRunner:
                 self._error = (f"load() raised {type(exc).__name__}; "
                                f"the server log has the details under error id {error_id}.")
             return None
+        metrics.MODEL_LOAD.labels(self.spec.name).set(time.monotonic() - started)
         logger.info("model %s replica %d loaded in %.2fs", self.spec.key, index,
                     time.monotonic() - started)
         with self._cond:
@@ -206,6 +208,8 @@ class _ModelRunner:
                 if self.queue.ready(self._busy):
                     self._busy += 1
                     batch = self.queue.take()
+                    metrics.observe_batch(self.spec.name, batch, self.queue.clock())
+                    metrics.QUEUE_DEPTH.labels(self.spec.name).set(len(self.queue))
                     if len(self.queue):
                         self._cond.notify()  # more is waiting: another free replica may take it
                     return batch
@@ -213,7 +217,9 @@ class _ModelRunner:
         return None
 
     def _compute(self, model: Model, batch: Batch) -> None:
+        started = time.perf_counter()
         outcomes = compute(model, self.spec, [s.inputs for s in batch.slices], self._run)
+        metrics.PREDICT_DURATION.labels(self.spec.name).observe(time.perf_counter() - started)
         # Under the lock: two replicas may deliver slices of one split ticket at once.
         with self._cond:
             for piece, outcome in zip(batch.slices, outcomes):

@@ -31,7 +31,8 @@ def _die_with_parent(sig: int, parent: int) -> Callable[[], None]:
     return preexec
 
 
-def spawn(module: str, *args: str, death_signal: int = signal.SIGKILL) -> subprocess.Popen[bytes]:
+def spawn(module: str, *args: str, death_signal: int = signal.SIGKILL,
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Run ``python -m module args...`` as a fresh interpreter (spawned, never forked state).
 
     The child gets its own process group, so a Ctrl-C or SIGTERM sent to the
@@ -43,4 +44,5 @@ def spawn(module: str, *args: str, death_signal: int = signal.SIGKILL) -> subpro
         preexec_fn=_die_with_parent(death_signal, os.getpid()),
         process_group=0,
         close_fds=True,
+        env=env,
     )

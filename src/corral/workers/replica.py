@@ -18,6 +18,7 @@ from typing import Any
 import zmq
 from pydantic import BaseModel, ValidationError
 
+from .. import metrics
 from ..cli.discover import load_server
 from ..errors import InvalidInput, new_error_id
 from ..log import configure_logging
@@ -63,7 +64,9 @@ def serve_batches(sock: zmq.Socket[bytes], model: Model, spec: ModelSpec, hello:
             start += n
         decoded = [_decode_inputs(spec, g) for g in groups]
         valid = [g for g in decoded if not isinstance(g, InvalidInput)]
+        started = time.perf_counter()
         computed = iter(compute(model, spec, valid)) if valid else iter([])
+        metrics.PREDICT_DURATION.labels(spec.name).observe(time.perf_counter() - started)
         outcomes: list[Outcome] = [g if isinstance(g, InvalidInput) else next(computed)
                                    for g in decoded]
         meta: list[dict[str, Any]] = []
@@ -79,7 +82,7 @@ def serve_batches(sock: zmq.Socket[bytes], model: Model, spec: ModelSpec, hello:
 
 def main(argv: list[str]) -> int:
     plan = Plan.load(argv[0])
-    model_index, replica, attempt = int(argv[1]), int(argv[2]), int(argv[3])
+    model_index, replica, attempt, starts = (int(a) for a in argv[1:5])
     settings = plan.build_settings()
     configure_logging(settings.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -91,6 +94,8 @@ def main(argv: list[str]) -> int:
     sock.setsockopt(zmq.LINGER, 2000)
     sock.setsockopt(zmq.IDENTITY, f"r{replica}-{os.getpid()}".encode())
     sock.connect(endpoints.backend)
+    if starts:
+        metrics.REPLICA_RESTARTS.labels(spec.name).inc()
     hello = Hello(replica=replica, pid=os.getpid(), state="loading")
     sock.send_multipart(encode(hello))
 
@@ -111,8 +116,10 @@ def main(argv: list[str]) -> int:
         sock.close()  # lingers up to 2 s so the dispatcher hears it
         ctx.term()
         return LOAD_FAILED
+    load_seconds = time.monotonic() - started
+    metrics.MODEL_LOAD.labels(spec.name).set(load_seconds)
     logger.info("model %s replica %d (pid %d) loaded in %.2fs", spec.key, replica, os.getpid(),
-                time.monotonic() - started)
+                load_seconds)
     hello.state = "ready"
     sock.send_multipart(encode(hello))
     serve_batches(sock, model, spec, hello)

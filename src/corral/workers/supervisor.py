@@ -24,6 +24,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
+from .. import metrics
 from ..config import Settings
 from ..registry.catalog import Catalog
 from .plan import Plan
@@ -50,11 +51,13 @@ class Child:
     load_attempt: int = 1  # replicas: which load() attempt this start is
     restart_at: float | None = 0.0  # None: do not restart
     on_start: list[str] = field(default_factory=list)  # a pid file to write
+    starts: int = 0
 
-    def start(self) -> None:
-        extra = [str(self.load_attempt)] if self.kind == "replica" else []
+    def start(self, env: dict[str, str]) -> None:
+        extra = [str(self.load_attempt), str(self.starts)] if self.kind == "replica" else []
         self.proc = spawn("corral.workers", self.kind, *self.args, *extra,
-                          death_signal=self.death_signal)
+                          death_signal=self.death_signal, env=env)
+        self.starts += 1
         self.started_at = time.monotonic()
         self.restart_at = None
         for path in self.on_start:
@@ -77,6 +80,9 @@ class Supervisor:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         plan_path = str(self.plan.save())
+        metrics_dir = os.path.join(self.plan.run_dir, "metrics")
+        os.mkdir(metrics_dir, 0o700)
+        self.env = {**os.environ, metrics.MULTIPROC_ENV: metrics_dir}
         for i, spec in enumerate(catalog):
             endpoints = self.plan.models[i]
             self.children.append(Child("dispatcher", f"dispatcher {spec.key}", [plan_path, str(i)],
@@ -127,13 +133,14 @@ class Supervisor:
         # Dispatchers before replicas before Gunicorn: the list is in that order.
         for child in self.children:
             if child.proc is None and child.restart_at is not None and child.restart_at <= now:
-                child.start()
+                child.start(self.env)
 
     def reap(self) -> None:
         for child in self.children:
             if child.proc is None or child.proc.poll() is None:
                 continue
             code = child.proc.returncode
+            metrics.process_exited(child.proc.pid)
             child.proc = None
             if self._stopping:
                 continue
