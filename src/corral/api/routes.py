@@ -29,7 +29,8 @@ from .body import read_json_body
 from .problems import status_line
 
 TIMEOUT_HEADER = "X-Request-Timeout"
-_SECONDS = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,9})?$")
+# A plain decimal number, as in JSON (no "1_0", "0x10", "inf" or non-ASCII digits).
+_SECONDS = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$")
 
 
 def _json_response(data: Any, status: int = 200) -> Response:
