@@ -33,7 +33,8 @@ def test_schemathesis_finds_nothing(serve: Callable[..., ServerProcess], tmp_pat
     report = result.stdout + result.stderr
     assert result.returncode == 0, report[-8000:]
     assert "No issues found" in report, report[-4000:]
-    # Every operation of the document was exercised, not skipped.
+    # Every operation of the document was exercised, not skipped (schemathesis leaves
+    # out the operation that serves the schema it is reading, /openapi.json).
     paths = requests.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
-    operations = sum(len(methods) for methods in paths.values())
-    assert operations > 10 and f"Tested: {operations}" in report, report[-4000:]
+    operations = sum(len(methods) for methods in paths.values()) - 1
+    assert operations > 10 and f"Tested: {operations}\n" in report, report[-4000:]
