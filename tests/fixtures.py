@@ -119,3 +119,31 @@ class BadOutputModel(corral.Model):
 
     def predict(self, batch: list[Word]) -> list[Upper]:
         return []
+
+
+class Placement(BaseModel):
+    pid: int
+    cuda_visible_devices: str | None
+    hip_visible_devices: str | None
+    device: str
+
+
+class DeviceModel(corral.Model):
+    """Reports the devices its replica process was placed on."""
+
+    replicas = 2
+    devices = ["cuda:0", "cuda:1"]
+
+    def predict(self, batch: list[Word]) -> list[Placement]:
+        return [Placement(pid=os.getpid(),
+                          cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                          hip_visible_devices=os.environ.get("HIP_VISIBLE_DEVICES"),
+                          device=self.device) for _ in batch]
+
+
+class CpuDeviceModel(DeviceModel):
+    """The same, told to stay on the CPU."""
+
+    name = "cpu-device"
+    replicas = 1
+    devices = ["cpu"]

@@ -26,6 +26,9 @@ class ModelOverrides(BaseModel):
     max_queue: int | None = Field(None, ge=1, description="Most inputs waiting before 503.")
     timeout: float | None = Field(None, gt=0, description="Seconds before a request gets 504.")
     replicas: int | None = Field(None, ge=1, description="Copies of the model serving requests.")
+    devices: list[str] | None = Field(
+        None, description='Devices for the replicas, as JSON: ["cuda:0", "cuda:1"] or ["cpu"].'
+    )
 
 
 class Settings(BaseSettings):

@@ -18,6 +18,7 @@ Lifecycle of a :class:`Model` subclass:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 
@@ -64,6 +65,11 @@ class Model:
     it the highest version is served there.
     ``batching``: a :class:`Batching`; absent means one input per call.
     ``replicas``: how many copies of the model serve requests.
+    ``devices``: where replicas run, e.g. ``["cuda:0", "cuda:1"]`` or ``["cpu"]``;
+    replica *i* gets ``devices[i % len(devices)]``. Under ``corral serve`` that device is
+    the only one the replica's process can see (``CUDA_VISIBLE_DEVICES`` and
+    ``HIP_VISIBLE_DEVICES`` are set before it starts), and ``self.device`` says what to
+    use in ``load()``: ``"cuda"`` (the one visible GPU) or ``"cpu"``.
 
     The input and output types are read from the annotations of ``predict``:
     ``def predict(self, batch: list[In]) -> list[Out]`` where ``In`` and ``Out`` are
@@ -75,6 +81,10 @@ class Model:
     default: ClassVar[bool] = False
     batching: ClassVar[Batching | None] = None
     replicas: ClassVar[int] = 1
+    devices: ClassVar[Sequence[str] | None] = None
+
+    #: Set on each instance before load(): "cpu", or "cuda" when a GPU was assigned.
+    device: str = "cpu"
 
     def load(self) -> None:
         """Load weights and warm up. Runs once per replica, before any predict."""

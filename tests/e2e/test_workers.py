@@ -266,3 +266,26 @@ def test_metrics_count_exactly_across_http_workers(serve: Serve) -> None:
         return metric(text, "corral_replica_restarts_total", model="echo") >= 1
 
     wait_until(restarted, 30, "the restart to be counted")
+
+
+def test_each_replica_sees_only_its_device(serve: Serve) -> None:
+    server = serve(str(APPS / "devices.py"), env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    seen: dict[int, dict[str, Any]] = {}
+
+    def both_replicas_answered() -> bool:
+        # Two requests at once keep both replicas busy, so both answer sooner or later.
+        with ThreadPoolExecutor(2) as pool:
+            for r in pool.map(lambda _: post(server, "/v1/models/device/predict",
+                                             {"word": "x"}), range(2)):
+                seen[r.json()["pid"]] = r.json()
+        return len(seen) == 2
+
+    wait_until(both_replicas_answered, 60, "answers from both replicas")
+    placements = sorted((p["cuda_visible_devices"], p["hip_visible_devices"], p["device"])
+                        for p in seen.values())
+    assert placements == [("0", "0", "cuda"), ("1", "1", "cuda")]
+    cpu = post(server, "/v1/models/cpu-device/predict", {"word": "x"}).json()
+    assert (cpu["cuda_visible_devices"], cpu["device"]) == ("", "cpu")
+    # The HTTP workers keep the server's own environment.
+    assert all(Path(f"/proc/{p.pid}/environ").read_bytes().count(b"CUDA_VISIBLE_DEVICES=0,1")
+               for p in http_workers(server))

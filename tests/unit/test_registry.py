@@ -180,3 +180,20 @@ def test_empty_server_is_refused() -> None:
 def test_server_refuses_instances() -> None:
     with pytest.raises(StartupError, match="Pass the class"):
         corral.Server([SumModel()])  # type: ignore[list-item]
+
+
+def test_devices_from_class_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from corral.workers.devices import device_env, model_device
+    from tests.fixtures import DeviceModel
+
+    spec = build_spec(DeviceModel, Settings())
+    assert [spec.device_for(i) for i in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
+    monkeypatch.setenv("CORRAL_MODELS__DEVICE__DEVICES", '["cpu"]')
+    assert build_spec(DeviceModel, Settings()).device_for(1) == "cpu"
+    assert build_spec(SumModel, Settings()).device_for(0) is None
+    assert device_env("cuda:3") == {"CUDA_VISIBLE_DEVICES": "3", "HIP_VISIBLE_DEVICES": "3"}
+    assert device_env("cpu") == {"CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
+    assert device_env(None) == {} and model_device(None) == "cpu"
+    assert model_device("2") == "cuda"
+    with pytest.raises(StartupError, match="not one of"):
+        build_spec(DeviceModel, Settings(models={"device": {"devices": ["tpu"]}}))

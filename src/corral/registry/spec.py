@@ -15,6 +15,7 @@ from ..errors import StartupError
 from ..model import NO_BATCHING, Batching, Model
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_DEVICE_RE = re.compile(r"^(cpu|cuda|gpu|cuda:\d+|gpu:\d+|\d+)$")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -41,6 +42,11 @@ class ModelSpec:
     replicas: int
     default: bool
     description: str
+    devices: tuple[str, ...] = ()
+
+    def device_for(self, replica: int) -> str | None:
+        """The device replica ``replica`` runs on, or None when the model names none."""
+        return self.devices[replica % len(self.devices)] if self.devices else None
 
     @property
     def name(self) -> str:
@@ -97,6 +103,12 @@ def build_spec(cls: type[Model], settings: Settings) -> ModelSpec:
     except ValueError as exc:
         raise StartupError(f"{where}: {exc}") from None
     replicas = overrides.replicas or cls.replicas
+    devices = tuple(overrides.devices if overrides.devices is not None else cls.devices or ())
+    for device in devices:
+        if not _DEVICE_RE.match(device):
+            raise StartupError(
+                f"{where}: device {device!r} is not one of 'cpu', 'cuda', 'cuda:N' or 'N'."
+            )
     if not isinstance(replicas, int) or replicas < 1:
         raise StartupError(f"{where}: replicas must be a positive integer, not {replicas!r}.")
 
@@ -110,6 +122,7 @@ def build_spec(cls: type[Model], settings: Settings) -> ModelSpec:
         default=bool(cls.default),
         # The class's own docstring only: never corral.Model's, nor a base class's.
         description=inspect.cleandoc(cls.__dict__.get("__doc__") or ""),
+        devices=devices,
     )
 
 

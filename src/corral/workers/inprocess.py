@@ -37,6 +37,7 @@ from ..errors import (
 from ..model import Model
 from ..registry.spec import ModelKey, ModelSpec
 from .compute import compute
+from .devices import model_device
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,8 @@ class _ModelRunner:
     def _load(self, index: int) -> Model | None:
         started = time.monotonic()
         try:
-            model: Model = self._run(lambda: _load_instance(self.spec.cls))
+            model: Model = self._run(
+                lambda: _load_instance(self.spec.cls, model_device(self.spec.device_for(index))))
         except BaseException as exc:  # whatever load() raises, the model is failed
             error_id = new_error_id()
             logger.error("model %s replica %d: load() raised %s (error id %s)",
@@ -231,8 +233,11 @@ class _ModelRunner:
                     pending.fill(piece.start, outcome)
 
 
-def _load_instance(cls: type[Model]) -> Model:
+def _load_instance(cls: type[Model], device: str) -> Model:
+    # In-process replicas share one process: ``device`` is only advisory here, since
+    # visibility variables cannot differ between threads.
     model = cls()
+    model.device = device
     model.load()
     return model
 

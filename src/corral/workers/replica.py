@@ -26,6 +26,7 @@ from ..model import Model
 from ..registry.spec import ModelSpec
 from ..transport.protocol import Done, Hello, ProtocolError, Work, decode, encode
 from .compute import Outcome, compute
+from .devices import model_device
 from .plan import Plan
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     try:
         model = spec.cls()
+        model.device = model_device(spec.device_for(replica))
         model.load()
     except Exception as exc:
         error_id = new_error_id()

@@ -28,6 +28,7 @@ from .. import metrics
 from ..config import Settings
 from ..registry.catalog import Catalog
 from .plan import Plan
+from .devices import device_env
 from .process import spawn
 from .replica import LOAD_FAILED, MAX_LOAD_ATTEMPTS
 
@@ -52,11 +53,12 @@ class Child:
     restart_at: float | None = 0.0  # None: do not restart
     on_start: list[str] = field(default_factory=list)  # a pid file to write
     starts: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's
 
     def start(self, env: dict[str, str]) -> None:
         extra = [str(self.load_attempt), str(self.starts)] if self.kind == "replica" else []
         self.proc = spawn("corral.workers", self.kind, *self.args, *extra,
-                          death_signal=self.death_signal, env=env)
+                          death_signal=self.death_signal, env={**env, **self.env})
         self.starts += 1
         self.started_at = time.monotonic()
         self.restart_at = None
@@ -89,7 +91,8 @@ class Supervisor:
                                        on_start=[endpoints.pid_file]))
             for r in range(spec.replicas):
                 self.children.append(Child("replica", f"replica {spec.key} #{r}",
-                                           [plan_path, str(i), str(r)]))
+                                           [plan_path, str(i), str(r)],
+                                           env=device_env(spec.device_for(r))))
         # Gunicorn drains gracefully on SIGTERM, so that is what it gets if we die.
         self.children.append(Child("http", "Gunicorn", [plan_path], death_signal=signal.SIGTERM))
 
