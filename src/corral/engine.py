@@ -14,6 +14,7 @@ engine it talks to.
 
 from __future__ import annotations
 
+import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
@@ -38,10 +39,12 @@ class Handle(ABC):
     """One submitted request."""
 
     @abstractmethod
-    def result(self, timeout: float) -> list[bytes]:
+    def result(self, timeout: float, client: socket.socket | None = None) -> list[bytes]:
         """Wait up to ``timeout`` seconds; return the outputs (JSON) or raise a CorralError.
 
-        Raises RequestTimeout if no result came in time (the caller should then cancel).
+        Raises RequestTimeout if no result came in time, and ClientClosedRequest if
+        ``client`` (the HTTP connection, where the server exposes it) closes first and
+        the engine can watch it; the caller should then cancel.
         """
 
     @abstractmethod

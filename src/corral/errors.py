@@ -154,6 +154,14 @@ class WorkerCrashed(CorralError):
     title = "Model worker crashed"
 
 
+class ClientClosedRequest(CorralError):
+    """The client closed its connection while its request waited; nobody reads the answer."""
+
+    status = 499
+    type = "client-closed-request"
+    title = "Client closed request"
+
+
 class _RetryLater(CorralError):
     """A 503 that tells the client when to try again."""
 

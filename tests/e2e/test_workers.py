@@ -289,3 +289,33 @@ def test_each_replica_sees_only_its_device(serve: Serve) -> None:
     # The HTTP workers keep the server's own environment.
     assert all(Path(f"/proc/{p.pid}/environ").read_bytes().count(b"CUDA_VISIBLE_DEVICES=0,1")
                for p in http_workers(server))
+
+
+def test_a_request_whose_client_left_is_not_computed(serve: Serve, tmp_path: Path) -> None:
+    """gthread workers watch the client's connection while its request waits."""
+    import socket as sockets
+
+    record = tmp_path / "computed.txt"
+    server = serve(BASIC, env={**FAST_LOAD, "SUM_RECORD_FILE": str(record)})
+    before = requests.get(server.url + "/metrics", timeout=10).text
+    busy = threading.Thread(target=post, args=(server, "/v1/models/sum/predict",
+                                               {"values": [0], "delay": 3}))
+    busy.start()
+    time.sleep(0.5)
+    body = json.dumps({"values": [515151]}).encode()
+    with sockets.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(b"POST /v1/models/sum/predict HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        time.sleep(0.5)  # queued behind the busy replica
+    busy.join(30)
+    time.sleep(1.0)
+    assert "515151" not in record.read_text()
+
+    def counted() -> bool:
+        after = requests.get(server.url + "/metrics", timeout=10).text
+        labels = dict(model="sum", version="1", status="499")
+        return (metric(after, "corral_requests_total", **labels)
+                - metric(before, "corral_requests_total", **labels)) == 1
+
+    wait_until(counted, 10, "the abandoned request to be counted as 499")

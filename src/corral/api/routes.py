@@ -12,7 +12,7 @@ from flask import Flask, Response, request
 from ..config import Settings
 from ..engine import Engine
 from .. import metrics
-from ..errors import CorralError, InvalidInput, RequestTimeout
+from ..errors import ClientClosedRequest, CorralError, InvalidInput, RequestTimeout
 from ..registry.catalog import Catalog
 from ..registry.spec import ModelSpec
 from ..schema.api_types import (
@@ -84,8 +84,9 @@ class Routes:
                                            min(self.settings.max_items, spec.batching.max_queue))
         handle = self.engine.submit(spec.key, inputs, deadline)
         try:
-            outputs = handle.result(timeout=deadline - time.monotonic())
-        except RequestTimeout:
+            outputs = handle.result(deadline - time.monotonic(),
+                                    request.environ.get("gunicorn.socket"))
+        except (RequestTimeout, ClientClosedRequest):
             handle.cancel()
             raise
         body = b"[" + b",".join(outputs) + b"]" if is_batch else outputs[0]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import threading
 import time
 from pathlib import Path
@@ -36,6 +37,20 @@ class SendFailed(Exception):
 
 class DispatcherGone(Exception):
     """The dispatcher process exited while a request waited for it."""
+
+
+class ClientGone(Exception):
+    """The HTTP client closed its connection while its request waited."""
+
+
+def _client_closed(client: socket.socket) -> bool:
+    """Whether a readable client socket is at end of file (not just sending more)."""
+    try:
+        return client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 class DispatcherWatch:
@@ -108,14 +123,21 @@ class ThreadChannel:
     def send(self, frames: list[bytes], rid: int) -> None:
         _send(self.sock, frames)
 
-    def wait(self, rid: int, timeout: float) -> Message | None:
-        """The answer to request ``rid``, or None when ``timeout`` passes first."""
+    def wait(self, rid: int, timeout: float,
+             client: socket.socket | None = None) -> Message | None:
+        """The answer to request ``rid``, or None when ``timeout`` passes first.
+
+        Raises DispatcherGone if the dispatcher exits, ClientGone if ``client`` closes.
+        """
         deadline = time.monotonic() + timeout
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         fd = self.watch.alive_fd()
         if fd is not None:
             poller.register(fd, zmq.POLLIN)
+        client_fd = client.fileno() if client is not None else -1
+        if client_fd >= 0:
+            poller.register(client_fd, zmq.POLLIN)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -135,6 +157,11 @@ class ThreadChannel:
                         return msg
             elif fd is not None and fd in events:
                 raise DispatcherGone()
+            elif client_fd >= 0 and client_fd in events:
+                assert client is not None
+                if _client_closed(client):
+                    raise ClientGone()
+                poller.unregister(client_fd)  # the next pipelined request: stop watching
 
 
 class GreenChannel:
@@ -159,7 +186,9 @@ class GreenChannel:
             self.pending.pop(rid, None)
             raise
 
-    def wait(self, rid: int, timeout: float) -> Message | None:
+    def wait(self, rid: int, timeout: float,
+             client: socket.socket | None = None) -> Message | None:
+        # Watching each client would cost a greenlet per request: ``client`` is unused.
         waiter = self.pending.get(rid)
         if waiter is None:
             return None

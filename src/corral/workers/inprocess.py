@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -75,7 +76,8 @@ class _Pending(Handle):
         self._error: CorralError | None = None
         self.ticket: Ticket | None = None
 
-    def result(self, timeout: float) -> list[bytes]:
+    def result(self, timeout: float, client: socket.socket | None = None) -> list[bytes]:
+        # Threads in this process cannot watch the client cheaply: ``client`` is unused.
         if not self._done.wait(max(0.0, timeout)):
             raise RequestTimeout(f"Model {self._runner.spec.key} gave no result in time.")
         if self._error is not None:

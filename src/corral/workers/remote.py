@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import sys
 import threading
 from typing import Any
@@ -17,9 +18,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..engine import Engine, Handle, ModelStatus
-from ..errors import ModelLoading, ModelNotFound, RequestTimeout, WorkerCrashed, error_from_dict
+from ..errors import ClientClosedRequest, ModelLoading, ModelNotFound, RequestTimeout, WorkerCrashed, error_from_dict
 from ..registry.spec import ModelKey
 from ..transport.channels import (
+    ClientGone,
     DispatcherGone,
     DispatcherWatch,
     GreenChannel,
@@ -45,9 +47,11 @@ class _RemoteHandle(Handle):
     def __init__(self, channel: Channel, key: ModelKey, rid: int) -> None:
         self.channel, self.key, self.rid = channel, key, rid
 
-    def result(self, timeout: float) -> list[bytes]:
+    def result(self, timeout: float, client: socket.socket | None = None) -> list[bytes]:
         try:
-            msg = self.channel.wait(self.rid, timeout)
+            msg = self.channel.wait(self.rid, timeout, client)
+        except ClientGone:
+            raise ClientClosedRequest(f"The client of a request to {self.key} went away.") from None
         except DispatcherGone:
             raise WorkerCrashed(
                 f"The dispatcher of model {self.key} exited while this request waited; "
