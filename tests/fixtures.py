@@ -6,7 +6,7 @@ import os
 import threading
 import time
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 import corral
 from corral.errors import InvalidInput
@@ -147,3 +147,26 @@ class CpuDeviceModel(DeviceModel):
     name = "cpu-device"
     replicas = 1
     devices = ["cpu"]
+
+
+class Span(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+
+    start: int = Field(alias="from", ge=0)
+    end: int = Field(alias="to", ge=0)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+class Length(BaseModel):
+    length: int
+
+
+class SpanModel(corral.Model):
+    """Input fields with aliases and a computed field."""
+
+    def predict(self, batch: list[Span]) -> list[Length]:
+        return [Length(length=s.length) for s in batch]

@@ -1,6 +1,6 @@
-"""Models placed on devices, for tests/e2e/test_workers.py."""
+"""Models for tests/e2e/test_workers.py: placed on devices, and one with aliased fields."""
 
 import corral
-from tests.fixtures import CpuDeviceModel, DeviceModel
+from tests.fixtures import CpuDeviceModel, DeviceModel, SpanModel
 
-app = corral.Server([DeviceModel, CpuDeviceModel])
+app = corral.Server([DeviceModel, CpuDeviceModel, SpanModel])

@@ -199,7 +199,8 @@ def test_killing_the_supervisor_leaves_nothing(serve: Serve) -> None:
 def test_shutdown_drains_then_leaves_nothing(serve: Serve, sig: int) -> None:
     server = serve(BASIC, "--workers", "2", env=FAST_LOAD)
     tree = descendants(server.proc.pid)
-    plan = next(p for p in tree if p.role == "dispatcher").argv[-2]
+    dispatcher = next(p for p in tree if p.role == "dispatcher")
+    plan = dispatcher.argv[dispatcher.argv.index("corral.workers") + 2]
     run_dir = Path(plan).parent
     assert any(run_dir.glob("*.f"))  # the sockets are there while serving
     result: dict[str, requests.Response] = {}
@@ -319,3 +320,44 @@ def test_a_request_whose_client_left_is_not_computed(serve: Serve, tmp_path: Pat
                 - metric(before, "corral_requests_total", **labels)) == 1
 
     wait_until(counted, 10, "the abandoned request to be counted as 499")
+    # Inputs cross to the replica as the client's fields (aliases), not Python names.
+    span = post(server, "/v1/models/span/predict", [{"from": 2, "to": 7}])
+    assert span.status_code == 200 and span.json() == [{"length": 5}]
+
+
+def test_gunicorn_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
+    import socket as sockets
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    with sockets.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "corral", "serve", BASIC, "--port", str(port)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **FAST_LOAD})
+    assert proc.returncode != 0
+    assert "Gunicorn" in proc.stderr and "stopping" in proc.stderr
+
+
+def test_a_failed_model_stays_failed_when_its_dispatcher_restarts(serve: Serve) -> None:
+    server = serve(BASIC, env=FAST_LOAD)
+
+    def state() -> str:
+        info = requests.get(server.url + "/v1/models/broken-load", timeout=10).json()
+        return str(info["versions"][0]["state"])
+
+    wait_until(lambda: state() == "failed", 60, "broken-load to be failed")
+    (dispatcher,) = model_procs(server, "dispatcher", "broken-load")
+    os.kill(dispatcher.pid, signal.SIGKILL)
+    wait_until(lambda: [p.pid for p in model_procs(server, "dispatcher", "broken-load")]
+               not in ([], [dispatcher.pid]), 30, "a new dispatcher")
+    wait_until(lambda: state() != "loading", 30, "the new dispatcher to answer")
+    assert state() == "failed"
+    resp = post(server, "/v1/models/broken-load/predict", {"word": "a"})
+    assert resp.status_code == 503 and resp.json()["type"] == "model-failed"
+    assert requests.get(server.url + "/readyz", timeout=10).status_code == 200

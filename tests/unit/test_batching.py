@@ -144,3 +144,10 @@ def test_drain_empties_the_queue() -> None:
 def test_batching_rejects_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Batching(**kwargs)  # type: ignore[arg-type]
+
+
+def test_no_wakeups_for_batches_while_no_replica_is_free() -> None:
+    q, clock = make(max_wait_ms=10)
+    q.put(ticket(8, clock, timeout=2.0))  # full: "ready", but nobody can take it
+    assert q.next_wakeup(busy_replicas=1, free_replicas=0) == pytest.approx(2.0)
+    assert q.next_wakeup(busy_replicas=1, free_replicas=1) == 0.0

@@ -127,16 +127,21 @@ class BatchQueue:
             return True
         return self.clock() - self._tickets[0].enqueued_at >= self.policy.max_wait_ms / 1000.0
 
-    def next_wakeup(self, busy_replicas: int) -> float | None:
-        """Seconds until something changes without new input: a batch falls due or a deadline passes."""
+    def next_wakeup(self, busy_replicas: int, free_replicas: int = 1) -> float | None:
+        """Seconds until something changes without new input: a batch falls due or a deadline passes.
+
+        With no free replica, no batch can go, so only the nearest deadline counts.
+        """
         if not self._tickets:
             return None
         now = self.clock()
+        deadline = min(t.deadline for t in self._tickets)
+        if free_replicas <= 0:
+            return max(0.0, deadline - now)
         if self.ready(busy_replicas):
             return 0.0
         due = self._tickets[0].enqueued_at + self.policy.max_wait_ms / 1000.0
-        soonest = min(due, min(t.deadline for t in self._tickets))
-        return max(0.0, soonest - now)
+        return max(0.0, min(due, deadline) - now)
 
     def take(self) -> Batch:
         """Hand out up to ``max_size`` inputs, oldest first. Call when ready() says so."""

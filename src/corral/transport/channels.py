@@ -63,9 +63,13 @@ class DispatcherWatch:
         self.fd: int | None = None
 
     def alive_fd(self) -> int | None:
-        """A pidfd for the live dispatcher, re-reading the pid file once the old one exited."""
+        """A pidfd for the live dispatcher, re-reading the pid file once the old one exited.
+
+        Old pidfds are never closed (another thread may be polling one); one fd per
+        dispatcher restart is the price.
+        """
         fd = self.fd
-        if fd is not None and not select.select([fd], [], [], 0)[0]:
+        if fd is not None and not _readable(fd):
             return fd
         with self._lock:
             try:
@@ -73,14 +77,18 @@ class DispatcherWatch:
             except (OSError, ValueError):
                 return None
             if pid != self._pid:
-                old, self._pid = self.fd, pid
+                self._pid = pid
                 try:
                     self.fd = os.pidfd_open(pid)
                 except OSError:
                     self.fd = None
-                if old is not None:
-                    os.close(old)
             return self.fd
+
+
+def _readable(fd: int) -> bool:
+    poller = select.poll()  # not select(): fds above 1023 are fine
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 # How long a send may wait for the dispatcher to be connected or to drain (bounded).
@@ -121,6 +129,10 @@ class ThreadChannel:
         self.watch = watch
 
     def send(self, frames: list[bytes], rid: int) -> None:
+        _send(self.sock, frames)
+
+    def notify(self, frames: list[bytes]) -> None:
+        """Send a message that gets no answer."""
         _send(self.sock, frames)
 
     def wait(self, rid: int, timeout: float,
@@ -186,6 +198,10 @@ class GreenChannel:
             self.pending.pop(rid, None)
             raise
 
+    def notify(self, frames: list[bytes]) -> None:
+        """Send a message that gets no answer (nothing is left waiting for one)."""
+        _send(self.sock, frames)
+
     def wait(self, rid: int, timeout: float,
              client: socket.socket | None = None) -> Message | None:
         # Watching each client would cost a greenlet per request: ``client`` is unused.
@@ -206,11 +222,12 @@ class GreenChannel:
 
     def _read(self) -> None:
         while True:
-            frames = self.sock.recv_multipart()
             try:
-                msg = decode(frames)
+                msg = decode(self.sock.recv_multipart())
             except ProtocolError:
                 continue
+            except zmq.ContextTerminated:
+                return
             waiter = self.pending.get(getattr(msg, "id", -1))
             if waiter is not None:
                 waiter.set(msg)

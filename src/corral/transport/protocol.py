@@ -22,6 +22,7 @@ Messages, by direction::
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -122,6 +123,8 @@ class Done(Message):
     TYPE = 9
     PAYLOAD = "outputs"
     batch: int
+    replica: int
+    pid: int
     outcomes: list[dict[str, Any]]
     outputs: list[bytes] = field(default_factory=list)
 
@@ -129,6 +132,23 @@ class Done(Message):
 _TYPES: dict[int, type[Message]] = {
     cls.TYPE: cls for cls in (Submit, Cancel, StatusQuery, Result, Failure, StatusReply, Hello,
                               Work, Done)
+}
+
+
+MAX_META = 64 * 1024
+
+# Checks for the field types messages use; decode() refuses anything else.
+_CHECKS: dict[str, Any] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    and math.isfinite(v),
+    "str": lambda v: isinstance(v, str),
+    "str | None": lambda v: v is None or isinstance(v, str),
+    "list[int]": lambda v: isinstance(v, list) and all(_CHECKS["int"](x) for x in v),
+    "list[bytes]": lambda v: True,  # payload frames are bytes by construction
+    "dict[str, Any]": lambda v: isinstance(v, dict),
+    "list[dict[str, Any]]": lambda v: isinstance(v, list) and all(isinstance(x, dict)
+                                                                  for x in v),
 }
 
 
@@ -150,12 +170,18 @@ def decode(frames: list[bytes]) -> Message:
     cls = _TYPES.get(frames[0][3])
     if cls is None:
         raise ProtocolError(f"unknown message type {frames[0][3]}")
+    if len(frames[1]) > MAX_META:
+        raise ProtocolError(f"{cls.__name__} meta is larger than {MAX_META} bytes")
     try:
         meta = json.loads(frames[1])
         if not isinstance(meta, dict):
             raise ValueError("meta is not an object")
         if cls.PAYLOAD:
             meta[cls.PAYLOAD] = [bytes(f) for f in frames[2:]]
-        return cls(**meta)
-    except (ValueError, TypeError) as exc:
+        msg = cls(**meta)
+    except (ValueError, TypeError, RecursionError) as exc:
         raise ProtocolError(f"bad {cls.__name__} message: {exc}") from None
+    for f in fields(msg):
+        if not _CHECKS[str(f.type)](getattr(msg, f.name)):
+            raise ProtocolError(f"bad {cls.__name__} message: {f.name} is not {f.type}")
+    return msg

@@ -13,6 +13,7 @@ exits (watched through a pidfd), only the batch it held fails, with 502
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from ..batching.queue import Batch, BatchQueue, Ticket
 from ..cli.discover import load_server
 from ..errors import (
     CorralError,
+    InternalError,
     ModelFailed,
     ModelLoading,
     Overloaded,
@@ -119,15 +121,19 @@ class Dispatcher:
 
     def run(self) -> None:
         while True:
-            wait = self.queue.next_wakeup(self.busy) if self.ready_replicas else None
+            ready = self.ready_replicas
+            free = sum(1 for r in ready if r.batch is None)
+            wait = self.queue.next_wakeup(len(ready) - free, free)
             timeout = 1000 if wait is None else max(0, int(wait * 1000) + 1)
             events = dict(self.poller.poll(timeout))
+            # Which replicas died, decided before any message can re-use a pidfd number.
+            dead = [r for r in self.replicas.values() if r.pidfd is not None and r.pidfd in events]
             if self.frontend in events:
                 self._drain(self.frontend, self.handle_client)
             if self.backend in events:
                 self._drain(self.backend, self.handle_replica)
-            for replica in list(self.replicas.values()):
-                if replica.pidfd is not None and replica.pidfd in events:
+            for replica in dead:
+                if self.replicas.get(replica.identity) is replica:
                     self.replica_gone(replica, "exited")
             self.expire()
             self.dispatch()
@@ -141,10 +147,11 @@ class Dispatcher:
                 return
             try:
                 msg = decode(frames[1:])
+                handle(frames[0], msg)  # type: ignore[operator]
             except ProtocolError as exc:
                 logger.warning("dispatcher %s dropped a message: %s", self.spec.key, exc)
-                continue
-            handle(frames[0], msg)  # type: ignore[operator]
+            except Exception:  # one bad message must not take the model's queue down
+                logger.exception("dispatcher %s failed on a message", self.spec.key)
 
     def send_client(self, client: bytes, msg: Message) -> None:
         try:
@@ -221,6 +228,8 @@ class Dispatcher:
         if isinstance(msg, Hello):
             self.hello(identity, msg)
         elif isinstance(msg, Done):
+            if identity not in self.replicas:  # a replica that outlived the old dispatcher
+                self.hello(identity, Hello(replica=msg.replica, pid=msg.pid, state="ready"))
             replica = self.replicas.get(identity)
             if replica is None or replica.batch is None or replica.batch[0] != msg.batch:
                 return  # a batch from before this dispatcher started
@@ -234,9 +243,13 @@ class Dispatcher:
             # A new replica process for this slot replaces any earlier one.
             for old in [r for r in self.replicas.values() if r.index == msg.replica]:
                 self.replica_gone(old, "was replaced")
-            replica = _Replica(identity, msg.replica, msg.pid, _pidfd(msg.pid))
-            if replica.pidfd is not None:
-                self.poller.register(replica.pidfd, zmq.POLLIN)
+            if not 0 <= msg.replica < self.spec.replicas:
+                raise ProtocolError(f"replica index {msg.replica} out of range")
+            pidfd = _pidfd(msg.pid)
+            if pidfd is None:
+                return  # the process is already gone: never register a ghost
+            replica = _Replica(identity, msg.replica, msg.pid, pidfd)
+            self.poller.register(pidfd, zmq.POLLIN)
             self.replicas[identity] = replica
         replica.state, replica.error = msg.state, msg.error
         if msg.state == "ready":
@@ -250,11 +263,22 @@ class Dispatcher:
                                                   f"{msg.error}"))
 
     def done(self, batch: Batch, msg: Done) -> None:
+        sizes = [piece.stop - piece.start for piece in batch.slices]
+        counts = [o.get("ok") for o in msg.outcomes]
+        if (len(counts) != len(sizes)
+                or any(c is not None and c != n for c, n in zip(counts, sizes))
+                or sum(c or 0 for c in counts) != len(msg.outputs)):
+            logger.error("dispatcher %s: replica answered batch %d out of shape", self.spec.key,
+                         msg.batch)
+            for piece in batch.slices:
+                self.fail(piece.ticket, InternalError(
+                    f"Model {self.spec.key} answered out of shape; see the server log."))
+            return
         outputs = iter(msg.outputs)
         for piece, outcome in zip(batch.slices, msg.outcomes):
             req: _Request = piece.ticket.context
             if "ok" in outcome:
-                values = [next(outputs, b"null") for _ in range(int(outcome["ok"]))]
+                values = [next(outputs) for _ in range(piece.stop - piece.start)]
                 if req.finished:
                     continue
                 req.outputs[piece.start : piece.stop] = values
@@ -314,8 +338,16 @@ def main(argv: list[str]) -> int:
         sock.bind(address)
     logger.info("dispatcher for %s listening (pid %d)", spec.key, os.getpid())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    dispatcher = Dispatcher(spec, frontend, backend)
+    # A restarted dispatcher queues requests at once (its replicas are already loaded
+    # and will say so), and remembers the replicas the supervisor gave up on.
+    dispatcher.ever_ready = len(argv) > 2 and argv[2] != "0"
+    for r in range(spec.replicas):
+        failed = Path(f"{endpoints.pid_file}.{r}.failed")
+        if failed.exists():
+            dispatcher.failed_slots[r] = failed.read_text()
     try:
-        Dispatcher(spec, frontend, backend).run()
+        dispatcher.run()
     finally:
         frontend.close()
         backend.close()

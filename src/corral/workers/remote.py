@@ -67,7 +67,7 @@ class _RemoteHandle(Handle):
 
     def cancel(self) -> None:
         try:
-            self.channel.send(encode(Cancel(id=self.rid)), self.rid)
+            self.channel.notify(encode(Cancel(id=self.rid)))
         except SendFailed:
             pass
 
@@ -133,7 +133,9 @@ class DispatcherEngine(Engine):
         channel = self._channel(key)
         rid = next(self._ids)
         frames = encode(Submit(id=rid, deadline=deadline,
-                               inputs=[i.model_dump_json().encode() for i in inputs]))
+                               # by alias, without computed fields: valid input again
+                               inputs=[i.model_dump_json(by_alias=True, round_trip=True).encode()
+                                       for i in inputs]))
         try:
             channel.send(frames, rid)
         except SendFailed:

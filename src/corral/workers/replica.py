@@ -4,7 +4,9 @@ Run by the supervisor as ``python -m corral.workers replica PLAN MODEL REPLICA A
 It connects a DEALER socket to its dispatcher's backend, says Hello (loading), runs
 ``load()``, then says Hello (ready) and serves Work messages one at a time. While
 idle it repeats Hello (ready) every second, so a restarted dispatcher learns of it.
-Exit status LOAD_FAILED tells the supervisor that ``load()`` raised.
+Once ``load()`` succeeded it creates ``<pid file>.<replica>.ready``: a replica that
+exits without it (``load()`` raised, or the process died while loading) counts as a
+failed load attempt for the supervisor.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -39,9 +42,17 @@ HEARTBEAT_MS = 1000
 
 def _decode_inputs(spec: ModelSpec, frames: list[bytes]) -> list[BaseModel] | InvalidInput:
     try:
-        return [spec.input_type.model_validate_json(f) for f in frames]
+        return [spec.input_type.model_validate_json(f, strict=True) for f in frames]
     except ValidationError as exc:
         return InvalidInput(f"Input not valid for {spec.key}: {exc.error_count()} errors.")
+
+
+def _send(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    """Never block: with no dispatcher to take it, a message is dropped (it will ask again)."""
+    try:
+        sock.send_multipart(frames, zmq.NOBLOCK)
+    except zmq.Again:
+        logger.debug("replica: dispatcher not reachable; message dropped")
 
 
 def serve_batches(sock: zmq.Socket[bytes], model: Model, spec: ModelSpec, hello: Hello) -> None:
@@ -50,7 +61,7 @@ def serve_batches(sock: zmq.Socket[bytes], model: Model, spec: ModelSpec, hello:
     poller.register(sock, zmq.POLLIN)
     while True:
         if not poller.poll(HEARTBEAT_MS):
-            sock.send_multipart(encode(hello))
+            _send(sock, encode(hello))
             continue
         try:
             work = decode(sock.recv_multipart())
@@ -78,7 +89,8 @@ def serve_batches(sock: zmq.Socket[bytes], model: Model, spec: ModelSpec, hello:
                 outputs.extend(outcome)
             else:
                 meta.append({"error": outcome.to_dict()})
-        sock.send_multipart(encode(Done(batch=work.batch, outcomes=meta, outputs=outputs)))
+        _send(sock, encode(Done(batch=work.batch, replica=hello.replica, pid=hello.pid,
+                                outcomes=meta, outputs=outputs)))
 
 
 def main(argv: list[str]) -> int:
@@ -123,7 +135,8 @@ def main(argv: list[str]) -> int:
     logger.info("model %s replica %d (pid %d) loaded in %.2fs", spec.key, replica, os.getpid(),
                 load_seconds)
     hello.state = "ready"
-    sock.send_multipart(encode(hello))
+    Path(f"{endpoints.pid_file}.{replica}.ready").touch()  # the supervisor: load() succeeded
+    _send(sock, encode(hello))
     serve_batches(sock, model, spec, hello)
     return 0
 

@@ -30,7 +30,7 @@ from ..registry.catalog import Catalog
 from .plan import Plan
 from .devices import device_env
 from .process import spawn
-from .replica import LOAD_FAILED, MAX_LOAD_ATTEMPTS
+from .replica import MAX_LOAD_ATTEMPTS
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +54,19 @@ class Child:
     on_start: list[str] = field(default_factory=list)  # a pid file to write
     starts: int = 0
     env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's
+    marker: str = ""  # replicas: "<pid file>.<replica>", + ".ready" / ".failed"
+
+    @property
+    def ready_marker(self) -> str:
+        return f"{self.marker}.ready"
+
+    @property
+    def failed_marker(self) -> str:
+        return f"{self.marker}.failed"
 
     def start(self, env: dict[str, str]) -> None:
-        extra = [str(self.load_attempt), str(self.starts)] if self.kind == "replica" else []
+        extra = {"replica": [str(self.load_attempt), str(self.starts)],
+                 "dispatcher": [str(self.starts)]}.get(self.kind, [])
         self.proc = spawn("corral.workers", self.kind, *self.args, *extra,
                           death_signal=self.death_signal, env={**env, **self.env})
         self.starts += 1
@@ -78,6 +88,7 @@ class Supervisor:
         self.plan = Plan.create(target, settings, catalog.keys())
         self.children: list[Child] = []
         self._stopping = False
+        self._failed_start = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -92,14 +103,15 @@ class Supervisor:
             for r in range(spec.replicas):
                 self.children.append(Child("replica", f"replica {spec.key} #{r}",
                                            [plan_path, str(i), str(r)],
-                                           env=device_env(spec.device_for(r))))
+                                           env=device_env(spec.device_for(r)),
+                                           marker=f"{endpoints.pid_file}.{r}"))
         # Gunicorn drains gracefully on SIGTERM, so that is what it gets if we die.
         self.children.append(Child("http", "Gunicorn", [plan_path], death_signal=signal.SIGTERM))
 
     # -- the loop ---------------------------------------------------------------------
 
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self._wake_w)
         logger.info("runtime directory %s", self.plan.run_dir)
@@ -112,10 +124,10 @@ class Supervisor:
             self.shutdown()
         finally:
             shutil.rmtree(self.plan.run_dir, ignore_errors=True)
-        return 0
+        return 1 if self._failed_start else 0
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
+        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: terminal closed
             if not self._stopping:
                 logger.info("received %s; stopping", signal.Signals(signum).name)
             self._stopping = True
@@ -152,17 +164,28 @@ class Supervisor:
     def handle_exit(self, child: Child, code: int) -> None:
         ran = time.monotonic() - child.started_at
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
-        if child.kind == "replica" and code == LOAD_FAILED:
-            if child.load_attempt >= MAX_LOAD_ATTEMPTS:
+        if child.kind == "http" and child.starts == 1 and ran < _STABLE_AFTER:
+            # Gunicorn could not start (port in use, bad address): nothing to serve.
+            logger.error("Gunicorn %s during start-up; stopping (see its message above)", how)
+            self._failed_start = True
+            self._stopping = True
+            return
+        if child.kind == "replica":
+            if os.path.exists(child.ready_marker):
+                os.unlink(child.ready_marker)
+                child.load_attempt = 1
+            elif child.load_attempt >= MAX_LOAD_ATTEMPTS:
+                # load() raised, or the process died (OOM, crash) before it finished.
                 logger.error("%s: load() failed %d times; the model is marked failed",
                              child.label, child.load_attempt)
+                with open(child.failed_marker, "w") as f:
+                    f.write(f"load() failed {child.load_attempt} times; see the server log.")
                 return  # restart_at stays None
-            child.load_attempt += 1
-        else:
-            child.load_attempt = 1
+            else:
+                child.load_attempt += 1
         child.failures = 0 if ran > _STABLE_AFTER else child.failures + 1
         delay = 0.0 if child.failures <= 1 else min(_MAX_BACKOFF, 0.25 * 2 ** child.failures)
-        if child.kind == "replica" and code == LOAD_FAILED:
+        if child.kind == "replica" and child.load_attempt > 1:
             delay = max(delay, 0.5 * child.load_attempt)
         logger.warning("%s %s; restarting in %.1fs", child.label, how, delay)
         child.restart_at = time.monotonic() + delay
