@@ -45,6 +45,12 @@ def model_procs(server: ServerProcess, role: str, model: str) -> list[Proc]:
     return found
 
 
+def computing(record: Path, value: int, timeout: float = 30) -> None:
+    """Wait until the sum replica has started computing ``value`` (SUM_RECORD_FILE)."""
+    wait_until(lambda: record.exists() and f"[{float(value)}]" in record.read_text(), timeout,
+               f"the replica to start computing {value}")
+
+
 def http_workers(server: ServerProcess) -> list[Proc]:
     masters = [p for p in descendants(server.proc.pid) if p.role == "http"
                and p.ppid == server.proc.pid]
@@ -56,7 +62,7 @@ def test_batches_form_across_http_workers_on_one_model_copy(serve: Serve,
                                                             worker_class: str) -> None:
     server = serve(BASIC, "--workers", "4", "--threads", "1", "--worker-class", worker_class,
                    env=FAST_LOAD)
-    assert len(http_workers(server)) == 4
+    wait_until(lambda: len(http_workers(server)) == 4, 30, "four HTTP workers")
     body = {"values": [2, 3], "delay": 0.3}
     with ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(lambda _: post(server, "/v1/models/sum/predict", body),
@@ -125,15 +131,17 @@ def test_killing_an_http_worker_keeps_the_models(serve: Serve) -> None:
 
 
 @pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
-def test_killing_a_dispatcher_fails_waiters_fast_and_recovers(serve: Serve,
+def test_killing_a_dispatcher_fails_waiters_fast_and_recovers(serve: Serve, tmp_path: Path,
                                                              worker_class: str) -> None:
-    server = serve(BASIC, "--worker-class", worker_class, env=FAST_LOAD)
+    record = tmp_path / "computed.txt"
+    server = serve(BASIC, "--worker-class", worker_class,
+                   env={**FAST_LOAD, "SUM_RECORD_FILE": str(record)})
     (dispatcher,) = model_procs(server, "dispatcher", "sum")
     result: dict[str, requests.Response] = {}
     waiter = threading.Thread(target=lambda: result.setdefault(
-        "r", post(server, "/v1/models/sum/predict", {"values": [1], "delay": 10})))
+        "r", post(server, "/v1/models/sum/predict", {"values": [31], "delay": 10})))
     waiter.start()
-    time.sleep(1.0)
+    computing(record, 31)
     killed_at = time.monotonic()
     os.kill(dispatcher.pid, signal.SIGKILL)
     waiter.join(30)
@@ -155,15 +163,15 @@ def test_queue_full_loading_and_timeout_answers(serve: Serve, tmp_path: Path) ->
                    env={"SLOW_LOAD_SECONDS": "5", "SUM_RECORD_FILE": str(record),
                         "CORRAL_MODELS__SUM__MAX_QUEUE": "2"})
     loading = post(server, "/v1/models/slow-load/predict", {"word": "a"})
-    assert loading.status_code in (200, 503)
-    if loading.status_code == 503:
-        assert loading.json()["type"] == "model-loading" and loading.headers["Retry-After"]
+    # It loads for 5 s; only a very slow start could miss the window.
+    assert loading.status_code == 503, loading.text
+    assert loading.json()["type"] == "model-loading" and loading.headers["Retry-After"]
     server.wait_ready(60, "/readyz")
     # Occupy the replica, then overfill the queue of 2.
     busy = threading.Thread(target=post, args=(server, "/v1/models/sum/predict",
-                                               {"values": [0], "delay": 3}))
+                                               {"values": [41], "delay": 3}))
     busy.start()
-    time.sleep(0.5)
+    computing(record, 41)
     with ThreadPoolExecutor(6) as pool:
         bodies = [{"values": [100 + i]} for i in range(6)]
         responses = list(pool.map(lambda b: post(server, "/v1/models/sum/predict", b), bodies))
@@ -174,9 +182,9 @@ def test_queue_full_loading_and_timeout_answers(serve: Serve, tmp_path: Path) ->
     busy.join(30)
     # A deadline that passes in the queue: 504, and the input is never computed.
     hold = threading.Thread(target=post, args=(server, "/v1/models/sum/predict",
-                                               {"values": [0], "delay": 2}))
+                                               {"values": [42], "delay": 3}))
     hold.start()
-    time.sleep(0.5)
+    computing(record, 42)
     late = post(server, "/v1/models/sum/predict", {"values": [424242]},
                 headers={"X-Request-Timeout": "0.5"})
     hold.join(30)
@@ -196,8 +204,9 @@ def test_killing_the_supervisor_leaves_nothing(serve: Serve) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_shutdown_drains_then_leaves_nothing(serve: Serve, sig: int) -> None:
-    server = serve(BASIC, "--workers", "2", env=FAST_LOAD)
+def test_shutdown_drains_then_leaves_nothing(serve: Serve, tmp_path: Path, sig: int) -> None:
+    record = tmp_path / "computed.txt"
+    server = serve(BASIC, "--workers", "2", env={**FAST_LOAD, "SUM_RECORD_FILE": str(record)})
     tree = descendants(server.proc.pid)
     dispatcher = next(p for p in tree if p.role == "dispatcher")
     plan = dispatcher.argv[dispatcher.argv.index("corral.workers") + 2]
@@ -207,7 +216,7 @@ def test_shutdown_drains_then_leaves_nothing(serve: Serve, sig: int) -> None:
     inflight = threading.Thread(target=lambda: result.setdefault(
         "r", post(server, "/v1/models/sum/predict", {"values": [9], "delay": 2})))
     inflight.start()
-    time.sleep(0.7)
+    computing(record, 9)
     os.killpg(server.proc.pid, sig)  # as a terminal does: the whole process group
     assert server.proc.wait(60) == 0
     inflight.join(30)
