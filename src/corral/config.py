@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(
         32, ge=2, description="Deepest JSON nesting accepted; deeper gets 400."
     )
+    stall_grace: float = Field(
+        30.0, gt=0, description="Seconds a replica may stay in predict() past every deadline "
+        "of its batch before it is killed and replaced."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the corral.* loggers."
     )

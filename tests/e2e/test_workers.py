@@ -370,3 +370,15 @@ def test_a_failed_model_stays_failed_when_its_dispatcher_restarts(serve: Serve) 
     resp = post(server, "/v1/models/broken-load/predict", {"word": "a"})
     assert resp.status_code == 503 and resp.json()["type"] == "model-failed"
     assert requests.get(server.url + "/readyz", timeout=10).status_code == 200
+
+
+def test_a_hung_replica_is_killed_and_replaced(serve: Serve) -> None:
+    server = serve(BASIC, env={**FAST_LOAD, "CORRAL_MODELS__SUM__TIMEOUT": "1",
+                               "CORRAL_STALL_GRACE": "1"})
+    (replica,) = model_procs(server, "replica", "sum")
+    hung = post(server, "/v1/models/sum/predict", {"values": [1], "delay": 10})
+    assert hung.status_code == 504
+    wait_until(lambda: not alive(replica.pid), 20, "the hung replica to be killed")
+    wait_until(lambda: post(server, "/v1/models/sum/predict", {"values": [2]}).status_code == 200,
+               30, "the replacement to serve")
+    assert "still in predict()" in server.log()

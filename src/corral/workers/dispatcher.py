@@ -79,6 +79,7 @@ class _Replica:
     state: str = "loading"
     error: str | None = None
     batch: tuple[int, Batch] | None = None
+    batch_deadline: float = 0.0  # the latest deadline in the batch it holds
 
 
 @dataclass
@@ -86,6 +87,9 @@ class Dispatcher:
     spec: ModelSpec
     frontend: zmq.Socket[bytes]
     backend: zmq.Socket[bytes]
+    # A replica still in predict() this long after the last deadline of its batch is hung:
+    # every client has had its 504, so it is killed and its replacement serves.
+    stall_grace: float = 30.0
     queue: BatchQueue = field(init=False)
     replicas: dict[bytes, _Replica] = field(default_factory=dict)
     requests: dict[tuple[bytes, int], Ticket] = field(default_factory=dict)
@@ -136,6 +140,7 @@ class Dispatcher:
                 if self.replicas.get(replica.identity) is replica:
                     self.replica_gone(replica, "exited")
             self.expire()
+            self.watchdog()
             self.dispatch()
             self.depth.set(len(self.queue))
 
@@ -218,6 +223,7 @@ class Dispatcher:
             metrics.observe_batch(self.spec.name, batch, self.queue.clock())
             batch_id = next(self.batch_ids)
             replica.batch = (batch_id, batch)
+            replica.batch_deadline = max(piece.ticket.deadline for piece in batch.slices)
             work = Work(batch=batch_id, groups=[s.stop - s.start for s in batch.slices],
                         inputs=batch.inputs())
             self.backend.send_multipart([replica.identity, *encode(work)])
@@ -290,6 +296,19 @@ class Dispatcher:
             else:
                 self.fail(piece.ticket, error_from_dict(outcome.get("error") or {}))
 
+    def watchdog(self) -> None:
+        now = self.queue.clock()
+        for replica in self.replicas.values():
+            if replica.batch is not None and now > replica.batch_deadline + self.stall_grace:
+                logger.error("dispatcher %s: replica %d (pid %d) is still in predict() %.0f s "
+                             "after every deadline of its batch; killing it", self.spec.key,
+                             replica.index, replica.pid, now - replica.batch_deadline)
+                try:
+                    os.kill(replica.pid, signal.SIGKILL)  # its pidfd reports the death
+                except ProcessLookupError:
+                    pass
+                replica.batch_deadline = float("inf")  # once
+
     def crash_batch(self, replica: _Replica) -> None:
         if replica.batch is None:
             return
@@ -338,7 +357,7 @@ def main(argv: list[str]) -> int:
         sock.bind(address)
     logger.info("dispatcher for %s listening (pid %d)", spec.key, os.getpid())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    dispatcher = Dispatcher(spec, frontend, backend)
+    dispatcher = Dispatcher(spec, frontend, backend, stall_grace=settings.stall_grace)
     # A restarted dispatcher queues requests at once (its replicas are already loaded
     # and will say so), and remembers the replicas the supervisor gave up on.
     dispatcher.ever_ready = len(argv) > 2 and argv[2] != "0"
