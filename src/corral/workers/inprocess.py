@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -39,6 +38,7 @@ from ..model import Model
 from ..registry.spec import ModelKey, ModelSpec
 from .compute import compute
 from .devices import model_device
+from .green import gevent_patched
 
 logger = logging.getLogger(__name__)
 
@@ -47,17 +47,16 @@ T = TypeVar("T")
 
 def _os_thread_runner(threads: int) -> Callable[[Callable[[], T]], T]:
     """How to run a blocking call: inline, or on a real thread when gevent patched threading."""
-    if "gevent" in sys.modules:
-        from gevent import get_hub, monkey
+    if gevent_patched():
+        from gevent import get_hub
 
-        if monkey.is_module_patched("threading"):
-            pool = get_hub().threadpool
-            pool.maxsize = max(pool.maxsize, threads + 1)
+        pool = get_hub().threadpool
+        pool.maxsize = max(pool.maxsize, threads + 1)
 
-            def run_on_pool(fn: Callable[[], T]) -> T:
-                return pool.apply(fn)  # type: ignore[no-any-return]
+        def run_on_pool(fn: Callable[[], T]) -> T:
+            return pool.apply(fn)  # type: ignore[no-any-return]
 
-            return run_on_pool
+        return run_on_pool
 
     def run_inline(fn: Callable[[], T]) -> T:
         return fn()

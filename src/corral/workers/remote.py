@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import os
 import socket
-import sys
 import threading
 from typing import Any
 
@@ -29,18 +28,11 @@ from ..transport.channels import (
     ThreadChannel,
 )
 from ..transport.protocol import Cancel, Failure, Result, StatusQuery, StatusReply, Submit, encode
+from .green import gevent_patched
 from .plan import ModelEndpoints, Plan
 
 Channel = ThreadChannel | GreenChannel
 _STATUS_TIMEOUT = 2.0
-
-
-def _gevent_patched() -> bool:
-    if "gevent" not in sys.modules:
-        return False
-    from gevent import monkey
-
-    return bool(monkey.is_module_patched("threading"))
 
 
 class _RemoteHandle(Handle):
@@ -92,7 +84,7 @@ class DispatcherEngine(Engine):
         with self._lock:
             if self._pid == os.getpid():
                 return
-            self._green = _gevent_patched()
+            self._green = gevent_patched()
             if self._green:
                 import zmq.green
 
