@@ -299,6 +299,9 @@ def test_each_replica_sees_only_its_device(serve: Serve) -> None:
     # The HTTP workers keep the server's own environment.
     assert all(Path(f"/proc/{p.pid}/environ").read_bytes().count(b"CUDA_VISIBLE_DEVICES=0,1")
                for p in http_workers(server))
+    # Inputs cross to the replica as the client's fields (aliases), not Python names.
+    span = post(server, "/v1/models/span/predict", [{"from": 2, "to": 7}])
+    assert span.status_code == 200 and span.json() == [{"length": 5}]
 
 
 def test_a_request_whose_client_left_is_not_computed(serve: Serve, tmp_path: Path) -> None:
@@ -329,9 +332,6 @@ def test_a_request_whose_client_left_is_not_computed(serve: Serve, tmp_path: Pat
                 - metric(before, "corral_requests_total", **labels)) == 1
 
     wait_until(counted, 10, "the abandoned request to be counted as 499")
-    # Inputs cross to the replica as the client's fields (aliases), not Python names.
-    span = post(server, "/v1/models/span/predict", [{"from": 2, "to": 7}])
-    assert span.status_code == 200 and span.json() == [{"length": 5}]
 
 
 def test_gunicorn_that_cannot_start_stops_the_server(tmp_path: Path) -> None:

@@ -60,35 +60,34 @@ class DispatcherWatch:
         self._path = Path(pid_file)
         self._lock = threading.Lock()
         self._pid: int | None = None
-        self.fd: int | None = None
+        self._fd: int | None = None
+        self._stale = True
 
-    def alive_fd(self) -> int | None:
-        """A pidfd for the live dispatcher, re-reading the pid file once the old one exited.
+    def current(self) -> int | None:
+        """The pidfd to poll for the dispatcher (no system call unless it changed).
 
         Old pidfds are never closed (another thread may be polling one); one fd per
         dispatcher restart is the price.
         """
-        fd = self.fd
-        if fd is not None and not _readable(fd):
-            return fd
-        with self._lock:
-            try:
-                pid = int(self._path.read_text())
-            except (OSError, ValueError):
-                return None
-            if pid != self._pid:
-                self._pid = pid
+        if self._stale:
+            with self._lock:
                 try:
-                    self.fd = os.pidfd_open(pid)
-                except OSError:
-                    self.fd = None
-            return self.fd
+                    pid = int(self._path.read_text())
+                except (OSError, ValueError):
+                    return self._fd
+                if pid != self._pid:
+                    self._pid = pid
+                    try:
+                        self._fd = os.pidfd_open(pid)
+                    except OSError:
+                        self._fd = None
+                    self._stale = False
+        return self._fd
 
-
-def _readable(fd: int) -> bool:
-    poller = select.poll()  # not select(): fds above 1023 are fine
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
+    def exited(self, fd: int) -> None:
+        """A waiter saw ``fd`` report the exit: look for the new dispatcher from now on."""
+        if fd == self._fd:
+            self._stale = True
 
 
 # How long a send may wait for the dispatcher to be connected or to drain (bounded).
@@ -127,6 +126,9 @@ class ThreadChannel:
     def __init__(self, ctx: zmq.Context[Any], address: str, watch: DispatcherWatch) -> None:
         self.sock = _dealer(ctx, address)
         self.watch = watch
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self._pidfd: int | None = None
 
     def send(self, frames: list[bytes], rid: int) -> None:
         _send(self.sock, frames)
@@ -142,14 +144,26 @@ class ThreadChannel:
         Raises DispatcherGone if the dispatcher exits, ClientGone if ``client`` closes.
         """
         deadline = time.monotonic() + timeout
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        fd = self.watch.alive_fd()
-        if fd is not None:
-            poller.register(fd, zmq.POLLIN)
+        poller = self.poller
+        fd = self.watch.current()
+        if fd != self._pidfd:  # the dispatcher was restarted: watch the new one
+            if self._pidfd is not None:
+                poller.unregister(self._pidfd)
+            if fd is not None:
+                poller.register(fd, zmq.POLLIN)
+            self._pidfd = fd
         client_fd = client.fileno() if client is not None else -1
         if client_fd >= 0:
             poller.register(client_fd, zmq.POLLIN)
+        try:
+            return self._wait(rid, deadline, fd, client, client_fd)
+        finally:
+            if client_fd >= 0 and client_fd in poller:
+                poller.unregister(client_fd)
+
+    def _wait(self, rid: int, deadline: float, fd: int | None, client: socket.socket | None,
+              client_fd: int) -> Message | None:
+        poller = self.poller
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -168,6 +182,7 @@ class ThreadChannel:
                     if getattr(msg, "id", None) == rid:
                         return msg
             elif fd is not None and fd in events:
+                self.watch.exited(fd)
                 raise DispatcherGone()
             elif client_fd >= 0 and client_fd in events:
                 assert client is not None
@@ -237,11 +252,12 @@ class GreenChannel:
         from gevent.socket import wait_read
 
         while True:
-            fd = self.watch.alive_fd()
+            fd = self.watch.current()
             if fd is None:
                 gevent.sleep(0.5)
                 continue
             wait_read(fd)
+            self.watch.exited(fd)
             for waiter in list(self.pending.values()):
                 waiter.set(DispatcherGone())
             gevent.sleep(0.2)  # give the supervisor time to write the new pid

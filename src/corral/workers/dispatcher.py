@@ -124,6 +124,7 @@ class Dispatcher:
     # -- the loop ---------------------------------------------------------------------
 
     def run(self) -> None:
+        depth = 0
         while True:
             ready = self.ready_replicas
             free = sum(1 for r in ready if r.batch is None)
@@ -142,7 +143,9 @@ class Dispatcher:
             self.expire()
             self.watchdog()
             self.dispatch()
-            self.depth.set(len(self.queue))
+            if len(self.queue) != depth:
+                depth = len(self.queue)
+                self.depth.set(depth)
 
     def _drain(self, sock: zmq.Socket[bytes], handle: object) -> None:
         for _ in range(_DRAIN):
