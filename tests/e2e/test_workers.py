@@ -197,10 +197,16 @@ def test_killing_the_supervisor_leaves_nothing(serve: Serve) -> None:
     server = serve(BASIC, "--workers", "2", env=FAST_LOAD)
     tree = descendants(server.proc.pid)
     assert {p.role for p in tree} >= {"http", "dispatcher", "replica"}
+    dispatcher = next(p for p in tree if p.role == "dispatcher")
+    run_dir = Path(dispatcher.argv[dispatcher.argv.index("corral.workers") + 2]).parent
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait(10)
     wait_until(lambda: not any(alive(p.pid) for p in tree), 30,
                f"every child to exit: {[p for p in tree if alive(p.pid)]}")
+    # A killed supervisor cannot clean up; the next server removes what it left.
+    assert run_dir.exists()
+    serve(str(APPS / "devices.py"))
+    assert not run_dir.exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,26 @@ from pydantic import BaseModel
 
 from ..config import Settings
 from ..registry.spec import ModelKey
+
+
+RUN_DIR_PREFIX = "corral-run-"
+
+
+def _sweep(base: str) -> None:
+    """Remove this user's runtime directories whose supervisor no longer exists."""
+    for path in Path(base).glob(f"{RUN_DIR_PREFIX}*"):
+        try:
+            if path.stat().st_uid != os.getuid():
+                continue
+            pid = int((path / "supervisor.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 class ModelEndpoints(BaseModel):
@@ -41,9 +62,15 @@ class Plan(BaseModel):
 
     @classmethod
     def create(cls, target: str, settings: Settings, keys: list[ModelKey]) -> Plan:
-        """A fresh private runtime directory (mode 0700, short path) and the plan for it."""
-        run_dir = tempfile.mkdtemp(prefix="corral-", dir="/tmp" if os.path.isdir("/tmp") else None)
+        """A fresh private runtime directory (mode 0700, short path) and the plan for it.
+
+        Directories left by supervisors that were killed outright are removed first.
+        """
+        base = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+        _sweep(base)
+        run_dir = tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=base)
         os.chmod(run_dir, 0o700)
+        Path(run_dir, "supervisor.pid").write_text(str(os.getpid()))
         data = settings.model_dump(mode="json")
         if settings.admin_token is not None:
             data["admin_token"] = settings.admin_token.get_secret_value()
