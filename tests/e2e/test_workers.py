@@ -157,9 +157,11 @@ def test_killing_a_dispatcher_fails_waiters_fast_and_recovers(serve: Serve, tmp_
     wait_until(serves, 60, "the model to serve again")
 
 
-def test_queue_full_loading_and_timeout_answers(serve: Serve, tmp_path: Path) -> None:
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_queue_full_loading_and_timeout_answers(serve: Serve, tmp_path: Path,
+                                                worker_class: str) -> None:
     record = tmp_path / "computed.txt"
-    server = serve(BASIC, ready_path="/healthz",
+    server = serve(BASIC, "--worker-class", worker_class, ready_path="/healthz",
                    env={"SLOW_LOAD_SECONDS": "5", "SUM_RECORD_FILE": str(record),
                         "CORRAL_MODELS__SUM__MAX_QUEUE": "2"})
     loading = post(server, "/v1/models/slow-load/predict", {"word": "a"})
