@@ -75,8 +75,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
               ready_path: str = "/readyz", timeout: float = 60.0) -> ServerProcess:
         port = free_port()
         log_path = tmp_path / f"serve-{port}.log"
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "CORRAL_DATA_DIR": str(tmp_path / "data"),
-                    **(env or {})}
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [*CORRAL, "serve", app, "--port", str(port), *args],

@@ -9,10 +9,9 @@ or the WSGI entry point, and passed down; nothing else reads the environment.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -79,10 +78,6 @@ class Settings(BaseSettings):
         "info", description="Log level of the corral.* loggers."
     )
     access_log: bool = Field(False, description="Log every request (Gunicorn access log).")
-    data_dir: Path = Field(Path(".corral"), description="Where Corral keeps its local state.")
-    admin_token: SecretStr | None = Field(
-        None, description="Bearer token for admin endpoints; unset turns them off."
-    )
     models: dict[str, ModelOverrides] = Field(
         default_factory=dict,
         description="Per-model overrides, e.g. CORRAL_MODELS__IRIS__MAX_SIZE=64.",

@@ -472,3 +472,32 @@ def test_description_is_the_model_docstring_only(client: FlaskClient) -> None:
     Undocumented.__doc__ = None
     assert corral.Server([Undocumented]).catalog(Settings()).resolve("undocumented").description == ""
     assert client.get("/v1/models/sum").get_json()["description"].startswith("Adds numbers")
+
+
+def test_corral_wsgi_application_serves_corral_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`corral.wsgi:application` for uWSGI, Waitress...: the app named by CORRAL_APP."""
+    import importlib
+    import sys
+
+    from werkzeug.test import Client
+
+    from corral.errors import StartupError
+
+    sys.modules.pop("corral.wsgi", None)
+    monkeypatch.delenv("CORRAL_APP", raising=False)
+    with pytest.raises(StartupError, match="Set CORRAL_APP"):
+        importlib.import_module("corral.wsgi")
+    sys.modules.pop("corral.wsgi", None)
+    monkeypatch.setenv("CORRAL_APP", "tests.apps.fuzz:app")
+    wsgi = importlib.import_module("corral.wsgi")
+    try:
+        client = Client(wsgi.application)
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "models never became ready"
+            time.sleep(0.05)
+        resp = client.post("/v1/models/echo/versions/1/predict", json={"word": "wsgi"})
+        assert resp.status_code == 200 and resp.get_json() == {"upper": "WSGI"}
+    finally:
+        wsgi.application.extensions["corral.engine"].stop()
+        sys.modules.pop("corral.wsgi", None)

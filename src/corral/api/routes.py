@@ -46,6 +46,12 @@ class Routes:
         self.catalog = catalog
         self.engine = engine
         self.settings = settings
+        # JSON Schemas of each version's input and output, for the detail endpoint.
+        self.schemas = {
+            spec.key: (spec.input_type.model_json_schema(),
+                       spec.output_type.model_json_schema(mode="serialization"))
+            for spec in catalog
+        }
 
     def register(self, app: Flask) -> None:
         app.add_url_rule("/v1/models", "list_models", self.list_models, methods=["GET"])
@@ -132,9 +138,8 @@ class Routes:
                 batching=BatchingInfo(max_size=b.max_size, max_wait_ms=b.max_wait_ms,
                                       max_queue=b.max_queue, timeout=b.timeout),
                 predict_url=f"/v1/models/{name}/versions/{spec.version}/predict",
-                input_schema=spec.input_type.model_json_schema() if detail else None,
-                output_schema=(spec.output_type.model_json_schema(mode="serialization")
-                               if detail else None),
+                input_schema=self.schemas[spec.key][0] if detail else None,
+                output_schema=self.schemas[spec.key][1] if detail else None,
             ))
         return ModelInfo(name=name, description=self.catalog.resolve(name).description,
                          default_version=default, versions=versions)

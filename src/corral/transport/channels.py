@@ -17,7 +17,6 @@ Sends never block: a full or unconnected socket raises :class:`SendFailed` at on
 from __future__ import annotations
 
 import os
-import select
 import socket
 import threading
 import time

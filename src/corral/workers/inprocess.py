@@ -85,7 +85,7 @@ class _Pending(Handle):
 
     def cancel(self) -> None:
         if self.ticket is not None:
-            self._runner.finish(self.ticket)
+            self._runner.cancel(self.ticket)
 
     def fill(self, start: int, outputs: list[bytes]) -> None:
         """Store one slice's outputs; the handle completes when every input has one."""
@@ -157,8 +157,8 @@ class _ModelRunner:
             self._cond.notify()
         return pending
 
-    def finish(self, ticket: Ticket) -> None:
-        """Take a ticket out of the queue: it is complete, failed or cancelled."""
+    def cancel(self, ticket: Ticket) -> None:
+        """Take a cancelled ticket out of the queue, so it is never computed."""
         with self._cond:
             self.queue.discard(ticket)
 

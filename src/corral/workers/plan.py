@@ -72,8 +72,6 @@ class Plan(BaseModel):
         os.chmod(run_dir, 0o700)
         Path(run_dir, "supervisor.pid").write_text(str(os.getpid()))
         data = settings.model_dump(mode="json")
-        if settings.admin_token is not None:
-            data["admin_token"] = settings.admin_token.get_secret_value()
         models = [
             ModelEndpoints(
                 name=k.name, version=k.version,
