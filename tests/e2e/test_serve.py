@@ -204,9 +204,11 @@ def test_openapi_command_prints_the_document(tmp_path: Path) -> None:
 def test_serve_help_lists_every_setting(tmp_path: Path) -> None:
     result = run_cli("serve", "--help", cwd=tmp_path)
     assert result.returncode == 0
-    from corral.config import Settings
+    from corral.config import ModelOverrides, Settings
 
     for name in Settings.model_fields:
         assert f"CORRAL_{name.upper()}" in result.stdout
+    for name in ModelOverrides.model_fields:
+        assert f"CORRAL_MODELS__<NAME>__{name.upper()}" in result.stdout
     assert "[default: 32" in result.stdout  # threads
 

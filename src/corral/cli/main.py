@@ -9,7 +9,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from ..config import Settings
+from ..config import ModelOverrides, Settings
 from ..errors import StartupError
 from ..log import configure_logging
 from ..server import Server
@@ -27,8 +27,9 @@ def _settings_help() -> str:
         default = field.get_default(call_default_factory=True)
         shown = "unset" if default is None else ("{}" if default == {} else str(default))
         lines.append(f"  CORRAL_{name.upper():<20} {field.description} [default: {shown}]")
-    lines.append("  CORRAL_MODELS__<NAME>__<FIELD>  Per-model max_size, max_wait_ms, max_queue,")
-    lines.append("                                  timeout, replicas; beats the class attributes.")
+    lines.append("  CORRAL_MODELS__<NAME>__<FIELD>  Per-model overrides of the class attributes:")
+    for name, field in ModelOverrides.model_fields.items():
+        lines.append(f"    CORRAL_MODELS__<NAME>__{name.upper():<14} {field.description}")
     return "\n".join(lines)
 
 
