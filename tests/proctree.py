@@ -14,16 +14,23 @@ class Proc:
     ppid: int
     argv: tuple[str, ...]
 
+    def _arg(self, n: int) -> str:
+        return self.argv[self.argv.index("corral.process") + n]
+
     @property
     def role(self) -> str:
         """``http``, ``dispatcher``, ``replica`` (children of the supervisor) or ``other``."""
-        if "corral.workers" in self.argv:
-            return self.argv[self.argv.index("corral.workers") + 1]
-        return "other"
+        return self._arg(1) if "corral.process" in self.argv else "other"
 
     @property
-    def model_index(self) -> int:
-        return int(self.argv[self.argv.index("corral.workers") + 3])
+    def run_dir(self) -> str:
+        """The runtime directory of the instance (children of the supervisor)."""
+        return self._arg(2)
+
+    @property
+    def model(self) -> str:
+        """A replica's model version, ``name:version``."""
+        return self._arg(3)
 
 
 def _read(pid: int) -> Proc | None:

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     app: str | None = Field(
         None, description="What corral.wsgi:application serves: path/to/app.py or module:attr."
     )
+    runtime_dir: str | None = Field(
+        None, description="Runtime directory of the process tree (sockets, state). corral serve "
+        "makes a fresh one under /tmp unless set; a WSGI app given the directory of a "
+        "running server sends its requests there instead of loading models itself.",
+    )
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
     workers: int = Field(1, ge=1, description="HTTP worker processes.")

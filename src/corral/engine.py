@@ -6,8 +6,10 @@ a :class:`Handle`. It waits on :meth:`Handle.result` with a timeout and cancels
 the handle if it gives up. Results come back as JSON documents (bytes), one per
 input, encoded once where the model ran, so no process on the way decodes them.
 
-Implementations: :class:`corral.workers.inprocess.InProcessEngine` (threads in the
-HTTP worker's own process). Every failure is raised as a
+Both engines put the same :class:`~corral.dispatch.core.DispatchCore` behind this
+interface: :class:`corral.inprocess.engine.InProcessEngine` runs it and the models
+in threads of the current process; :class:`corral.process.client.DispatcherEngine`
+talks to the dispatcher process of ``corral serve``. Every failure is raised as a
 :class:`corral.errors.CorralError`, so the HTTP layer never needs to know which
 engine it talks to.
 """
@@ -17,22 +19,25 @@ from __future__ import annotations
 import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal
 
 from pydantic import BaseModel
 
+from .batching.queue import Lane
+from .dispatch.status import ModelStatus as ModelStatus
+from .dispatch.status import State as State
 from .registry.spec import ModelKey
-
-State = Literal["loading", "ready", "failed"]
 
 
 @dataclass(frozen=True)
-class ModelStatus:
-    """What an engine says of one model version."""
+class Input:
+    """One validated input: the object, and the exact JSON document it was validated from.
 
-    state: State
-    replicas_ready: int
-    error: str | None = None
+    A replica in another process validates the same document with the same rules,
+    so both modes see the same value; nothing is re-serialised on the way.
+    """
+
+    value: BaseModel
+    json: bytes
 
 
 class Handle(ABC):
@@ -64,9 +69,23 @@ class Engine(ABC):
         """Fail what is queued and release the models."""
 
     @abstractmethod
-    def submit(self, key: ModelKey, inputs: list[BaseModel], deadline: float) -> Handle:
-        """Queue validated inputs; raise Overloaded, ModelLoading or ModelFailed at once if refused."""
+    def submit(self, key: ModelKey, inputs: list[Input], deadline: float,
+               lane: Lane = "live") -> Handle:
+        """Queue validated inputs; raise Overloaded, ModelLoading, ModelFailed or
+        ModelUnloaded at once if refused. ``background`` work (jobs) ranks below live."""
 
     @abstractmethod
     def status(self, key: ModelKey) -> ModelStatus:
-        """The current state of one model version."""
+        """The current state of one model version, without waiting on another process."""
+
+    @abstractmethod
+    def set_replicas(self, key: ModelKey, replicas: int) -> None:
+        """Run ``replicas`` copies of a declared model (0 unloads it); returns at once."""
+
+    @abstractmethod
+    def load(self, key: ModelKey) -> None:
+        """Load a model that is unloaded or failed, with its declared replica count."""
+
+    def unload(self, key: ModelKey) -> None:
+        """Stop every replica of a model and free its memory; its requests get 503."""
+        self.set_replicas(key, 0)

@@ -120,16 +120,10 @@ class InvalidInput(CorralError):
     title = "Validation error"
 
 
-class ModelError(CorralError):
-    """The model raised while computing this request.
-
-    The client sees only the error id; the traceback is in the server log under
-    the same id.
-    """
+class _WithErrorId(CorralError):
+    """A 500 whose details are only in the server log, under the error id it carries."""
 
     status = 500
-    type = "model-error"
-    title = "Model error"
 
     def __init__(self, detail: str, *, error_id: str | None = None) -> None:
         super().__init__(detail)
@@ -139,8 +133,22 @@ class ModelError(CorralError):
         return {"error_id": self.error_id}
 
 
-class InternalError(ModelError):
-    """Corral itself failed on a request (a bug): the client gets only the error id."""
+class ModelError(_WithErrorId):
+    """The model raised while computing this request.
+
+    The client sees only the error id; the traceback is in the server log under
+    the same id.
+    """
+
+    type = "model-error"
+    title = "Model error"
+
+
+class InternalError(_WithErrorId):
+    """Corral itself failed on a request (a bug): the client gets only the error id.
+
+    Not a ModelError: ``except ModelError`` must never catch Corral's own failures.
+    """
 
     type = "internal-error"
     title = "Internal server error"
@@ -200,6 +208,14 @@ class ModelFailed(CorralError):
     title = "Model failed"
 
 
+class ModelUnloaded(CorralError):
+    """The model is declared but unloaded (by the admin API); it comes back only when loaded."""
+
+    status = 503
+    type = "model-unloaded"
+    title = "Model unloaded"
+
+
 class RequestTimeout(CorralError):
     """The request's deadline passed before a result was ready."""
 
@@ -216,9 +232,10 @@ def new_error_id() -> str:
 _BY_TYPE: dict[str, type[CorralError]] = {
     cls.type: cls
     for cls in (
-        InvalidJSON, NotFound, ModelNotFound, VersionNotFound, PayloadTooLarge,
-        UnsupportedMediaType, InvalidInput, ModelError, InternalError, WorkerCrashed,
-        Overloaded, ModelLoading, ModelFailed, RequestTimeout,
+        InvalidJSON, NotFound, ModelNotFound, VersionNotFound, MethodNotAllowed,
+        PayloadTooLarge, UnsupportedMediaType, InvalidInput, ModelError, InternalError,
+        WorkerCrashed, ClientClosedRequest, Overloaded, ModelLoading, ModelFailed,
+        ModelUnloaded, RequestTimeout,
     )
 }
 
@@ -232,10 +249,15 @@ def error_from_dict(data: dict[str, Any]) -> CorralError:
     cls = _BY_TYPE.get(str(data.get("type")), CorralError)
     detail = str(data.get("detail", ""))
     err: CorralError
-    if issubclass(cls, ModelError):
+    if issubclass(cls, _WithErrorId):
         err = cls(detail, error_id=str(data.get("error_id") or new_error_id()))
     elif issubclass(cls, _RetryLater):
-        err = cls(detail, retry_after=int(data.get("retry_after", 1)))
+        retry_after = data.get("retry_after")
+        err = cls(detail, retry_after=retry_after if type(retry_after) is int else 1)
+    elif cls is MethodNotAllowed:
+        allowed = data.get("allowed")
+        err = MethodNotAllowed(detail, allowed=[str(a) for a in allowed]
+                               if isinstance(allowed, list) else [])
     else:
         err = cls(detail)
     errors = data.get("errors")
@@ -244,6 +266,4 @@ def error_from_dict(data: dict[str, Any]) -> CorralError:
 
 
 # Every problem type Corral sends, as the OpenAPI document lists them.
-PROBLEM_TYPES: tuple[str, ...] = tuple(
-    sorted({*_BY_TYPE, MethodNotAllowed.type, "about:blank"})
-)
+PROBLEM_TYPES: tuple[str, ...] = tuple(sorted({*_BY_TYPE, "about:blank"}))

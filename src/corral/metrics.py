@@ -51,8 +51,10 @@ MODEL_LOAD = Gauge("corral_model_load_seconds", "How long the latest load() took
 REPLICA_RESTARTS = Counter("corral_replica_restarts", "Replica processes restarted.", ["model"])
 
 
-def observe_batch(model: str, batch: Batch, now: float) -> None:
-    """Record a batch going out: its size, and how long each request in it waited."""
+def observe_batch(key: str, batch: Batch, now: float) -> None:
+    """Record a batch of model version ``key`` (name:version) going out: its size, and
+    how long each request in it waited. Labelled by model name."""
+    model = key.rpartition(":")[0]
     BATCH_SIZE.labels(model).observe(batch.size)
     wait = QUEUE_WAIT.labels(model)
     for piece in batch.slices:
@@ -72,9 +74,14 @@ def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def process_exited(pid: int) -> None:
-    """Drop a dead process's live gauges (its counters and histograms are kept)."""
-    if os.environ.get(MULTIPROC_ENV):
+def process_exited(pid: int, directory: str | None = None) -> None:
+    """Drop a dead process's live gauges (its counters and histograms are kept).
+
+    ``directory`` is the multiprocess directory, for a parent (the supervisor) that
+    does not record metrics itself; by default, this process's own.
+    """
+    directory = directory or os.environ.get(MULTIPROC_ENV)
+    if directory:
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

@@ -49,12 +49,21 @@ class Server:
         return catalog
 
     def create_app(self, settings: Settings, engine: Engine | None = None) -> Flask:
-        """The Flask app; with no engine given, models run in this process."""
+        """The Flask app. With no engine given, models run in this process, unless
+        ``settings.runtime_dir`` names the runtime directory of a running process tree
+        (``corral serve --runtime-dir``): then requests go to its dispatcher."""
         from .api.app import create_app
-        from .workers.inprocess import InProcessEngine
 
         catalog = self.catalog(settings)
-        engine = engine or InProcessEngine(catalog)
+        if engine is None and settings.runtime_dir:
+            from .process.client import DispatcherEngine
+            from .process.runtime import Runtime
+
+            engine = DispatcherEngine(Runtime.find(settings.runtime_dir))
+        elif engine is None:
+            from .inprocess.engine import InProcessEngine
+
+            engine = InProcessEngine(catalog, stall_grace=settings.stall_grace)
         app = create_app(catalog, engine, settings, title=self.title)
         app.extensions["corral.engine"] = engine
         return app

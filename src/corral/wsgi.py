@@ -6,7 +6,7 @@ in-process, with settings from the ``CORRAL_*`` environment.
 
 from __future__ import annotations
 
-from .cli.discover import load_server
+from .discover import load_server
 from .config import Settings
 from .errors import StartupError
 

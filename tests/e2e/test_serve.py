@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,8 @@ from typing import Any, Callable
 import pytest
 import requests
 
-from tests.conftest import APPS, CORRAL, ROOT, ServerProcess
+from tests.conftest import APPS, CORRAL, ROOT, ServerProcess, free_port
+from tests.proctree import descendants, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -57,22 +60,43 @@ def test_requests_from_many_clients_share_batches(serve: Serve, worker_class: st
     assert max(sizes) <= 8  # the model's max_size
 
 
-def test_gevent_hub_is_not_blocked_by_cpu_bound_predict(serve: Serve) -> None:
-    server = serve(BASIC, "--worker-class", "gevent", env={"SLOW_LOAD_SECONDS": "0"})
-    finished: dict[str, float] = {}
+def test_in_process_models_under_gevent_do_not_block_the_hub(tmp_path: Path) -> None:
+    """corral.wsgi:application under plain Gunicorn with gevent workers: the models run in
+    the worker itself, and a CPU-bound predict runs on an OS thread, not on the hub."""
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CORRAL_APP": BASIC, "SLOW_LOAD_SECONDS": "0"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--worker-class", "gevent", "--workers", "1",
+             "--bind", f"127.0.0.1:{port}", "corral.wsgi:application"],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server = ServerProcess(proc, port, log)
+    try:
+        server.wait_ready(60, "/readyz")
+        finished: dict[str, float] = {}
 
-    def slow() -> None:
-        post(server, "/v1/models/sum/predict", {"values": [1], "spin": 2.0})
-        finished["predict"] = time.monotonic()
+        def slow() -> None:
+            resp = post(server, "/v1/models/sum/predict", {"values": [1], "spin": 3.0})
+            finished["predict"] = time.monotonic()
+            finished["pid"] = resp.json()["pid"]
 
-    thread = threading.Thread(target=slow)
-    thread.start()
-    time.sleep(0.3)  # let the predict start spinning
-    assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
-    finished["healthz"] = time.monotonic()
-    thread.join(30)
-    # The health check was answered while predict still held its thread.
-    assert finished["healthz"] < finished["predict"]
+        thread = threading.Thread(target=slow)
+        thread.start()
+        # Wait until predict spins (its batch is counted), then ask for health.
+        wait_until(lambda: "corral_batch_size_count{model=\"sum\"} 1.0"
+                   in requests.get(server.url + "/metrics", timeout=10).text, 10,
+                   "predict to start")
+        assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+        finished["healthz"] = time.monotonic()
+        thread.join(30)
+        # The health check was answered while predict still spun, in the same process.
+        assert finished["healthz"] < finished["predict"]
+        assert "pid" in finished, "the predict request failed"
+        workers = [p for p in descendants(proc.pid)]
+        assert [p.pid for p in workers] == [finished["pid"]]  # computed in the HTTP worker
+    finally:
+        server.stop()
 
 
 def test_poison_input_isolated_under_gunicorn(serve: Serve) -> None:
@@ -93,12 +117,14 @@ def test_poison_input_isolated_under_gunicorn(serve: Serve) -> None:
     assert problem["error_id"] in server.log() and "secret internal detail" in server.log()
 
 
-def test_loading_failed_and_ready_states(serve: Serve) -> None:
-    server = serve(BASIC, ready_path="/healthz", env={"SLOW_LOAD_SECONDS": "4"})
+def test_loading_failed_and_ready_states(serve: Serve, tmp_path: Path) -> None:
+    gate = tmp_path / "loaded"
+    server = serve(BASIC, ready_path="/healthz", env={"SLOW_LOAD_GATE": str(gate)})
     resp = post(server, "/v1/models/slow-load/predict", {"word": "a"})
-    if resp.status_code == 503:  # still loading, as it should be for ~4 s
-        assert resp.json()["type"] == "model-loading" and "Retry-After" in resp.headers
-        assert requests.get(server.url + "/readyz", timeout=5).status_code == 503
+    assert resp.status_code == 503, resp.text  # load() waits for the gate file
+    assert resp.json()["type"] == "model-loading" and "Retry-After" in resp.headers
+    assert requests.get(server.url + "/readyz", timeout=5).status_code == 503
+    gate.touch()
     server.wait_ready(60, "/readyz")
     readiness = requests.get(server.url + "/readyz", timeout=5).json()
     states = {m["name"]: m["state"] for m in readiness["models"]}

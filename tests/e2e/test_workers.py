@@ -34,15 +34,21 @@ def post(server: ServerProcess, path: str, body: Any, **kw: Any) -> requests.Res
 
 
 def model_procs(server: ServerProcess, role: str, model: str) -> list[Proc]:
-    """The dispatcher or replica processes of one model (by name, any version)."""
-    found = []
-    for p in descendants(server.proc.pid):
-        if p.role != role:
-            continue
-        plan = json.loads(Path(p.argv[p.argv.index("corral.workers") + 2]).read_text())
-        if plan["models"][p.model_index]["name"] == model:
-            found.append(p)
-    return found
+    """The replica processes of one model (by name, any version)."""
+    return [p for p in descendants(server.proc.pid)
+            if p.role == role and p.model.rpartition(":")[0] == model]
+
+
+def dispatchers(server: ServerProcess) -> list[Proc]:
+    """The dispatcher process (one for every model) of a server."""
+    return [p for p in descendants(server.proc.pid) if p.role == "dispatcher"]
+
+
+def flushed(server: ServerProcess, record: Path, value: int) -> None:
+    """Send ``value`` through the sum model's FIFO queue and wait until it is computed:
+    anything queued before it that was going to be computed has been by then."""
+    assert post(server, "/v1/models/sum/predict", {"values": [value]}).status_code == 200
+    computing(record, value)
 
 
 def computing(record: Path, value: int, timeout: float = 30) -> None:
@@ -136,7 +142,7 @@ def test_killing_a_dispatcher_fails_waiters_fast_and_recovers(serve: Serve, tmp_
     record = tmp_path / "computed.txt"
     server = serve(BASIC, "--worker-class", worker_class,
                    env={**FAST_LOAD, "SUM_RECORD_FILE": str(record)})
-    (dispatcher,) = model_procs(server, "dispatcher", "sum")
+    (dispatcher,) = dispatchers(server)
     result: dict[str, requests.Response] = {}
     waiter = threading.Thread(target=lambda: result.setdefault(
         "r", post(server, "/v1/models/sum/predict", {"values": [31], "delay": 10})))
@@ -147,8 +153,8 @@ def test_killing_a_dispatcher_fails_waiters_fast_and_recovers(serve: Serve, tmp_
     waiter.join(30)
     assert result["r"].status_code == 502, result["r"].text
     assert time.monotonic() - killed_at < 8  # failed fast, not after the 10 s predict
-    wait_until(lambda: [p.pid for p in model_procs(server, "dispatcher", "sum")]
-               not in ([], [dispatcher.pid]), 30, "a new dispatcher")
+    wait_until(lambda: [p.pid for p in dispatchers(server)] not in ([], [dispatcher.pid]), 30,
+               "a new dispatcher")
 
     def serves() -> bool:
         r = post(server, "/v1/models/sum/predict", {"values": [4]})
@@ -191,7 +197,7 @@ def test_queue_full_loading_and_timeout_answers(serve: Serve, tmp_path: Path,
                 headers={"X-Request-Timeout": "0.5"})
     hold.join(30)
     assert late.status_code == 504 and late.json()["type"] == "timeout"
-    time.sleep(1.0)
+    flushed(server, record, 43)
     assert "424242" not in record.read_text()
 
 
@@ -200,7 +206,7 @@ def test_killing_the_supervisor_leaves_nothing(serve: Serve) -> None:
     tree = descendants(server.proc.pid)
     assert {p.role for p in tree} >= {"http", "dispatcher", "replica"}
     dispatcher = next(p for p in tree if p.role == "dispatcher")
-    run_dir = Path(dispatcher.argv[dispatcher.argv.index("corral.workers") + 2]).parent
+    run_dir = Path(dispatcher.run_dir)
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait(10)
     wait_until(lambda: not any(alive(p.pid) for p in tree), 30,
@@ -217,9 +223,8 @@ def test_shutdown_drains_then_leaves_nothing(serve: Serve, tmp_path: Path, sig: 
     server = serve(BASIC, "--workers", "2", env={**FAST_LOAD, "SUM_RECORD_FILE": str(record)})
     tree = descendants(server.proc.pid)
     dispatcher = next(p for p in tree if p.role == "dispatcher")
-    plan = dispatcher.argv[dispatcher.argv.index("corral.workers") + 2]
-    run_dir = Path(plan).parent
-    assert any(run_dir.glob("*.f"))  # the sockets are there while serving
+    run_dir = Path(dispatcher.run_dir)
+    assert (run_dir / "d.f").exists()  # the sockets are there while serving
     result: dict[str, requests.Response] = {}
     inflight = threading.Thread(target=lambda: result.setdefault(
         "r", post(server, "/v1/models/sum/predict", {"values": [9], "delay": 2})))
@@ -330,7 +335,7 @@ def test_a_request_whose_client_left_is_not_computed(serve: Serve, tmp_path: Pat
                      + str(len(body)).encode() + b"\r\n\r\n" + body)
         time.sleep(0.5)  # queued behind the busy replica
     busy.join(30)
-    time.sleep(1.0)
+    flushed(server, record, 1)
     assert "515151" not in record.read_text()
 
     def counted() -> bool:
@@ -369,10 +374,10 @@ def test_a_failed_model_stays_failed_when_its_dispatcher_restarts(serve: Serve) 
         return str(info["versions"][0]["state"])
 
     wait_until(lambda: state() == "failed", 60, "broken-load to be failed")
-    (dispatcher,) = model_procs(server, "dispatcher", "broken-load")
+    (dispatcher,) = dispatchers(server)
     os.kill(dispatcher.pid, signal.SIGKILL)
-    wait_until(lambda: [p.pid for p in model_procs(server, "dispatcher", "broken-load")]
-               not in ([], [dispatcher.pid]), 30, "a new dispatcher")
+    wait_until(lambda: [p.pid for p in dispatchers(server)] not in ([], [dispatcher.pid]), 30,
+               "a new dispatcher")
     wait_until(lambda: state() != "loading", 30, "the new dispatcher to answer")
     assert state() == "failed"
     resp = post(server, "/v1/models/broken-load/predict", {"word": "a"})

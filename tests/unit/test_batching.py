@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.batching.queue import BatchQueue, Ticket
+from corral.batching.queue import BatchQueue, Lane, Ticket
 from corral.errors import Overloaded
 from corral.model import Batching
 
@@ -20,14 +20,16 @@ class FakeClock:
         self.now += seconds
 
 
-def make(max_size: int = 4, max_wait_ms: float = 10, max_queue: int = 16) -> tuple[BatchQueue, FakeClock]:
+def make(max_size: int = 4, max_wait_ms: float = 10, max_queue: int = 16,
+         aging: float = 1.0) -> tuple[BatchQueue, FakeClock]:
     clock = FakeClock()
     policy = Batching(max_size=max_size, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout=5)
-    return BatchQueue(policy, clock), clock
+    return BatchQueue(policy, clock, aging=aging), clock
 
 
-def ticket(n: int, clock: FakeClock, timeout: float = 5.0, tag: str = "") -> Ticket:
-    return Ticket([f"{tag}{i}" for i in range(n)], deadline=clock() + timeout)
+def ticket(n: int, clock: FakeClock, timeout: float = 5.0, tag: str = "",
+           lane: Lane = "live") -> Ticket:
+    return Ticket([f"{tag}{i}" for i in range(n)], deadline=clock() + timeout, lane=lane)
 
 
 def test_empty_queue_is_never_ready() -> None:
@@ -151,3 +153,112 @@ def test_no_wakeups_for_batches_while_no_replica_is_free() -> None:
     q.put(ticket(8, clock, timeout=2.0))  # full: "ready", but nobody can take it
     assert q.next_wakeup(busy_replicas=1, free_replicas=0) == pytest.approx(2.0)
     assert q.next_wakeup(busy_replicas=1, free_replicas=1) == 0.0
+
+
+# -- the background lane ----------------------------------------------------------------
+
+
+def test_background_is_not_counted_against_max_queue() -> None:
+    q, clock = make(max_queue=4)
+    q.put(ticket(10, clock, lane="background"))  # more than max_queue: admitted
+    q.put(ticket(4, clock))  # the live lane is still empty: admitted
+    with pytest.raises(Overloaded):
+        q.put(ticket(1, clock))
+    q.put(ticket(3, clock, lane="background"))  # background puts never raise
+    assert (q.waiting("live"), q.waiting("background"), len(q)) == (4, 13, 17)
+
+
+def test_live_goes_before_background_at_equal_arrival() -> None:
+    q, clock = make(max_size=2)
+    bg = ticket(2, clock, tag="bg", lane="background")
+    live = ticket(2, clock, tag="live")
+    q.put(bg)
+    q.put(live)
+    assert q.take().inputs() == ["live0", "live1"]
+    assert q.take().inputs() == ["bg0", "bg1"]
+
+
+def test_background_not_yet_aged_stays_behind_newer_live() -> None:
+    q, clock = make(max_size=1, aging=2.0)
+    q.put(ticket(1, clock, tag="bg", lane="background"))
+    clock.advance(1.5)
+    q.put(ticket(1, clock, tag="live"))
+    assert q.take().inputs() == ["live0"]
+    assert q.take().inputs() == ["bg0"]
+
+
+def test_aged_background_goes_ahead_of_newer_live() -> None:
+    q, clock = make(max_size=1, aging=2.0)
+    q.put(ticket(1, clock, tag="bg", lane="background"))
+    clock.advance(2.5)
+    q.put(ticket(1, clock, tag="live"))
+    assert q.take().inputs() == ["bg0"]
+    assert q.take().inputs() == ["live0"]
+
+
+def test_batch_shares_room_between_lanes() -> None:
+    q, clock = make(max_size=4)
+    bg = ticket(3, clock, tag="bg", lane="background")
+    live = ticket(2, clock, tag="live")
+    q.put(bg)
+    q.put(live)
+    first = q.take()
+    assert [(s.ticket, s.start, s.stop) for s in first.slices] == [(live, 0, 2), (bg, 0, 2)]
+    assert (q.waiting("live"), q.waiting("background"), len(q)) == (0, 1, 1)
+    assert q.take().inputs() == ["bg2"]
+    assert len(q) == 0
+
+
+def test_waiting_counts_each_lane() -> None:
+    q, clock = make()
+    assert (q.waiting("live"), q.waiting("background"), len(q)) == (0, 0, 0)
+    q.put(ticket(2, clock))
+    q.put(ticket(3, clock, lane="background"))
+    assert (q.waiting("live"), q.waiting("background"), len(q)) == (2, 3, 5)
+
+
+def test_background_alone_is_ready_and_batched() -> None:
+    q, clock = make(max_wait_ms=10)
+    q.put(ticket(1, clock, tag="bg", lane="background"))
+    assert q.ready(busy_replicas=0)
+    assert not q.ready(busy_replicas=1)
+    assert q.next_wakeup(busy_replicas=1) == pytest.approx(0.010)
+    assert q.take().inputs() == ["bg0"]
+
+
+def test_drain_covers_both_lanes() -> None:
+    q, clock = make()
+    live, bg = ticket(1, clock), ticket(2, clock, lane="background")
+    q.put(bg)
+    q.put(live)
+    assert set(q.drain()) == {live, bg}
+    assert (q.waiting("live"), q.waiting("background"), len(q)) == (0, 0, 0)
+    assert not q.ready(busy_replicas=0)
+
+
+def test_pop_expired_covers_both_lanes() -> None:
+    q, clock = make()
+    live_short = ticket(1, clock, timeout=0.5)
+    bg_short = ticket(2, clock, timeout=0.5, lane="background")
+    live_long = ticket(1, clock, tag="live")
+    bg_long = ticket(1, clock, tag="bg", lane="background")
+    for t in (live_short, bg_short, live_long, bg_long):
+        q.put(t)
+    clock.advance(0.5)
+    assert set(q.pop_expired()) == {live_short, bg_short}
+    assert (q.waiting("live"), q.waiting("background")) == (1, 1)
+    assert q.take().inputs() == ["live0", "bg0"]
+
+
+def test_discard_covers_both_lanes() -> None:
+    q, clock = make(max_size=2)
+    bg = ticket(3, clock, lane="background")
+    live = ticket(1, clock)
+    q.put(bg)
+    q.put(live)
+    q.take()  # live0 and bg0 handed out
+    assert (q.waiting("live"), q.waiting("background")) == (0, 2)
+    q.discard(bg)
+    q.discard(live)  # already fully handed out: nothing to remove
+    assert (q.waiting("live"), q.waiting("background"), len(q)) == (0, 0, 0)
+    assert not q.ready(busy_replicas=0)

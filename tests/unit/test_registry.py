@@ -183,7 +183,7 @@ def test_server_refuses_instances() -> None:
 
 
 def test_devices_from_class_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from corral.workers.devices import device_env, model_device
+    from corral.dispatch.devices import device_env, model_device
     from tests.fixtures import DeviceModel
 
     spec = build_spec(DeviceModel, Settings())

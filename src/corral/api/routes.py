@@ -133,7 +133,7 @@ class Routes:
                 default=spec.version == default,
                 state=status.state,
                 error=status.error,
-                replicas=spec.replicas,
+                replicas=status.replicas,
                 replicas_ready=status.replicas_ready,
                 batching=BatchingInfo(max_size=b.max_size, max_wait_ms=b.max_wait_ms,
                                       max_queue=b.max_queue, timeout=b.timeout),

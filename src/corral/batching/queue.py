@@ -1,11 +1,22 @@
 """The batching policy and the bounded queue it works on. Pure Python, no I/O.
 
 One :class:`BatchQueue` per model version. It holds *tickets* (one per request),
-each with one or more inputs; it admits or refuses them (``max_queue``), drops
-those whose deadline has passed, and decides when a batch goes and what is in it:
+each with one or more inputs, in two lanes:
+
+* **live**: requests someone is waiting on over HTTP. Bounded by ``max_queue``
+  (beyond it, :class:`~corral.errors.Overloaded`).
+* **background**: work nobody waits on (async jobs). Not counted against
+  ``max_queue`` (its feeder bounds it), and ranked below live traffic: a background
+  ticket competes as if it had arrived ``aging`` seconds later than it did, so it
+  fills the room live requests leave in a batch, and one that has waited long
+  enough still goes ahead of newer live requests: it never starves.
+
+The queue admits or refuses tickets, drops those whose deadline has passed, and
+decides when a batch goes and what is in it:
 
 * a batch never holds more than ``max_size`` inputs; a ticket with more inputs
-  than that is split across consecutive batches, in order;
+  than that is split across consecutive batches, in order; live and background
+  tickets share batches;
 * a batch goes when ``max_size`` inputs are waiting, or when the oldest has waited
   ``max_wait_ms``, or at once when no replica is busy (no needless wait at low
   load: with nothing in flight, waiting only adds latency);
@@ -18,14 +29,18 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import Overloaded
 from ..model import Batching
 
 Clock = Callable[[], float]
+Lane = Literal["live", "background"]
+
+# Seconds a background ticket is ranked behind a live one that arrived at the same time.
+BACKGROUND_AGING = 1.0
 
 
 @dataclass(eq=False)
@@ -34,10 +49,11 @@ class Ticket:
 
     inputs: list[Any]
     deadline: float
+    lane: Lane = "live"
     enqueued_at: float = 0.0
     # Index of the next input not yet handed out in a batch.
     next_index: int = 0
-    # The engine's own record of the request (where results go).
+    # The owner's own record of the request (where results go).
     context: Any = None
 
     @property
@@ -60,7 +76,7 @@ class Slice:
 
 @dataclass
 class Batch:
-    """What one call to predict gets: slices of one or more tickets, in arrival order."""
+    """What one call to predict gets: slices of one or more tickets."""
 
     slices: list[Slice] = field(default_factory=list)
 
@@ -73,87 +89,118 @@ class Batch:
 
 
 class BatchQueue:
-    """A bounded FIFO of tickets and the rule that turns it into batches."""
+    """A bounded two-lane queue of tickets and the rule that turns it into batches."""
 
-    def __init__(self, policy: Batching, clock: Clock = time.monotonic) -> None:
+    def __init__(self, policy: Batching, clock: Clock = time.monotonic,
+                 aging: float = BACKGROUND_AGING) -> None:
         self.policy = policy
         self.clock = clock
-        self._tickets: deque[Ticket] = deque()
-        self._waiting = 0  # inputs not yet handed out, over all tickets
+        self.aging = aging
+        self._lanes: dict[Lane, deque[Ticket]] = {"live": deque(), "background": deque()}
+        self._waiting: dict[Lane, int] = {"live": 0, "background": 0}
 
     def __len__(self) -> int:
-        """Inputs waiting to be handed out."""
-        return self._waiting
+        """Inputs waiting to be handed out, in both lanes."""
+        return self._waiting["live"] + self._waiting["background"]
+
+    def waiting(self, lane: Lane) -> int:
+        """Inputs of one lane waiting to be handed out."""
+        return self._waiting[lane]
+
+    def _tickets(self) -> Iterator[Ticket]:
+        yield from self._lanes["live"]
+        yield from self._lanes["background"]
 
     def put(self, ticket: Ticket) -> None:
-        """Admit a ticket, or raise Overloaded if its inputs do not fit."""
+        """Admit a ticket, or raise Overloaded if a live ticket's inputs do not fit."""
         n = len(ticket.inputs)
-        if self._waiting + n > self.policy.max_queue:
+        live = self._waiting["live"]
+        if ticket.lane == "live" and live + n > self.policy.max_queue:
             raise Overloaded(
-                f"The queue holds {self._waiting} inputs and admits at most "
+                f"The queue holds {live} inputs and admits at most "
                 f"{self.policy.max_queue}; retry later.",
                 retry_after=1,
             )
         ticket.enqueued_at = self.clock()
-        self._tickets.append(ticket)
-        self._waiting += n
+        self._lanes[ticket.lane].append(ticket)
+        self._waiting[ticket.lane] += n
 
     def discard(self, ticket: Ticket) -> None:
         """Remove a cancelled or finished ticket's waiting inputs."""
-        if ticket in self._tickets:
-            self._tickets.remove(ticket)
-            self._waiting -= ticket.remaining
+        lane = self._lanes[ticket.lane]
+        if ticket in lane:
+            lane.remove(ticket)
+            self._waiting[ticket.lane] -= ticket.remaining
 
     def drain(self) -> list[Ticket]:
         """Remove and return every waiting ticket (on shutdown or when the model fails)."""
-        tickets = list(self._tickets)
-        self._tickets.clear()
-        self._waiting = 0
+        tickets = list(self._tickets())
+        for lane in self._lanes.values():
+            lane.clear()
+        self._waiting = {"live": 0, "background": 0}
         return tickets
 
     def pop_expired(self) -> list[Ticket]:
         """Remove and return every waiting ticket whose deadline has passed."""
         now = self.clock()
-        expired = [t for t in self._tickets if t.deadline <= now]
+        expired = [t for t in self._tickets() if t.deadline <= now]
         for t in expired:
             self.discard(t)
         return expired
 
+    def _oldest(self) -> float | None:
+        heads = [lane[0].enqueued_at for lane in self._lanes.values() if lane]
+        return min(heads) if heads else None
+
     def ready(self, busy_replicas: int) -> bool:
         """Whether a free replica should take a batch now."""
-        if not self._tickets:
+        oldest = self._oldest()
+        if oldest is None:
             return False
-        if self._waiting >= self.policy.max_size or busy_replicas == 0:
+        if len(self) >= self.policy.max_size or busy_replicas == 0:
             return True
-        return self.clock() - self._tickets[0].enqueued_at >= self.policy.max_wait_ms / 1000.0
+        return self.clock() - oldest >= self.policy.max_wait_ms / 1000.0
 
     def next_wakeup(self, busy_replicas: int, free_replicas: int = 1) -> float | None:
         """Seconds until something changes without new input: a batch falls due or a deadline passes.
 
         With no free replica, no batch can go, so only the nearest deadline counts.
         """
-        if not self._tickets:
+        oldest = self._oldest()
+        if oldest is None:
             return None
         now = self.clock()
-        deadline = min(t.deadline for t in self._tickets)
+        deadline = min(t.deadline for t in self._tickets())
         if free_replicas <= 0:
             return max(0.0, deadline - now)
         if self.ready(busy_replicas):
             return 0.0
-        due = self._tickets[0].enqueued_at + self.policy.max_wait_ms / 1000.0
+        due = oldest + self.policy.max_wait_ms / 1000.0
         return max(0.0, min(due, deadline) - now)
 
+    def _next_lane(self) -> Lane | None:
+        live, background = self._lanes["live"], self._lanes["background"]
+        if not background:
+            return "live" if live else None
+        if not live:
+            return "background"
+        aged = background[0].enqueued_at + self.aging
+        return "background" if aged < live[0].enqueued_at else "live"
+
     def take(self) -> Batch:
-        """Hand out up to ``max_size`` inputs, oldest first. Call when ready() says so."""
+        """Hand out up to ``max_size`` inputs, by rank. Call when ready() says so."""
         batch = Batch()
         room = self.policy.max_size
-        while room and self._tickets:
-            ticket = self._tickets[0]
+        while room:
+            lane = self._next_lane()
+            if lane is None:
+                break
+            ticket = self._lanes[lane][0]
             n = min(room, ticket.remaining)
             batch.slices.append(Slice(ticket, ticket.next_index, ticket.next_index + n))
             ticket.next_index += n
-            self._waiting -= n
+            self._waiting[lane] -= n
             room -= n
             if ticket.remaining == 0:
-                self._tickets.popleft()
+                self._lanes[lane].popleft()
         return batch

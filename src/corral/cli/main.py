@@ -46,7 +46,7 @@ def build_settings(**flags: Any) -> Settings:
 
 
 def _load(target: str, settings: Settings) -> Server:
-    from .discover import load_server, warn_heavy_imports
+    from ..discover import load_server, warn_heavy_imports
 
     try:
         server = load_server(target)
@@ -74,6 +74,7 @@ def cli() -> None:
 @click.option("--timeout", type=int, help=_flag_help("timeout"))
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               help=_flag_help("log_level"))
+@click.option("--runtime-dir", help=_flag_help("runtime_dir"))
 @click.option("--dev", is_flag=True, help="Run the development server, models in-process.")
 def serve(app: str, dev: bool, **flags: Any) -> None:
     """Serve the models of APP (path/to/app.py, module:attr or path.py:attr)."""
@@ -86,6 +87,26 @@ def serve(app: str, dev: bool, **flags: Any) -> None:
         serve_dev(server, settings)
     else:
         serve_supervised(app, server, settings)
+
+
+@cli.command(epilog=_settings_help())
+@click.argument("app")
+@click.option("--runtime-dir", required=True, help=_flag_help("runtime_dir"))
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              help=_flag_help("log_level"))
+def models(app: str, **flags: Any) -> None:
+    """Run APP's models (supervisor, dispatcher, replicas) without an HTTP server.
+
+    A WSGI app started apart, under uWSGI, Waitress or any WSGI server, with
+    CORRAL_RUNTIME_DIR set to the same directory sends its requests here: one copy
+    of each model and batching across all its workers.
+    """
+    settings = build_settings(**flags)
+    configure_logging(settings.log_level)
+    server = _load(app, settings)
+    from .serve import serve_supervised
+
+    serve_supervised(app, server, settings, http=False)
 
 
 @cli.command()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+import click
+
 from ..config import Settings
 from ..engine import Engine
 from ..server import Server
@@ -12,21 +14,29 @@ from ..server import Server
 logger = logging.getLogger(__name__)
 
 
-def serve_supervised(target: str, server: Server, settings: Settings) -> None:
-    """Gunicorn, a dispatcher per model and its replicas, under one supervisor."""
-    from ..workers.supervisor import Supervisor
+def serve_supervised(target: str, server: Server, settings: Settings, http: bool = True) -> None:
+    """Gunicorn (unless ``http`` is false), the dispatcher and the replicas, under one
+    supervisor."""
+    from ..errors import StartupError
+    from ..process.supervisor import Supervisor
 
-    sys.exit(Supervisor(target, settings, server.catalog(settings)).run())
+    try:
+        supervisor = Supervisor(target, settings, server.catalog(settings), http=http)
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(supervisor.run())
 
 
 def serve_dev(server: Server, settings: Settings) -> None:
     """Flask's development server, threaded, models in this process."""
     from werkzeug.serving import run_simple
 
-    from ..workers.http import bind_address
+    from ..process.gunicorn import bind_address
 
-    app = server.create_app(settings)
-    engine: Engine = app.extensions["corral.engine"]
+    from ..inprocess.engine import InProcessEngine
+
+    engine: Engine = InProcessEngine(server.catalog(settings), stall_grace=settings.stall_grace)
+    app = server.create_app(settings, engine)
     engine.start()
     logger.info("development server on http://%s/docs (not for production)", bind_address(settings))
     run_simple(settings.host, settings.port, app, threaded=True, use_reloader=False)

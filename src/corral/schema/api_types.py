@@ -25,7 +25,7 @@ class VersionInfo(BaseModel):
 
     version: str
     default: bool
-    state: Literal["loading", "ready", "failed"]
+    state: Literal["loading", "ready", "failed", "unloaded"]
     error: str | None = Field(None, description="Why the model failed to load, when it did.")
     replicas: int
     replicas_ready: int
@@ -53,7 +53,7 @@ class ModelList(BaseModel):
 class ModelReadiness(BaseModel):
     name: str
     version: str
-    state: Literal["loading", "ready", "failed"]
+    state: Literal["loading", "ready", "failed", "unloaded"]
     error: str | None = None
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from functools import lru_cache
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
+from ..engine import Input
 from ..errors import InvalidInput, InvalidJSON
 
 
@@ -68,47 +68,90 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-@lru_cache(maxsize=256)
-def _list_adapter(input_type: type[BaseModel], max_items: int) -> TypeAdapter[list[BaseModel]]:
-    return TypeAdapter(Annotated[list[input_type], Field(min_length=1, max_length=max_items)])  # type: ignore[valid-type, arg-type]
+def validate_item(input_type: type[BaseModel], document: bytes) -> BaseModel:
+    """One input from its JSON document: strict JSON validation (``"5"`` is not a number).
+
+    The one validation rule of Corral: the HTTP worker applies it to answer 422, and
+    a replica in another process applies it to the same bytes to get the same value.
+    Raises pydantic's ValidationError.
+    """
+    return input_type.model_validate_json(document, strict=True)
+
+
+def _item_document(item: Any) -> bytes:
+    """One array element as its own JSON document: the same JSON value the client sent
+    (number spellings normalised, a duplicate key resolved to its last value, as the
+    validator itself would)."""
+    try:
+        return json.dumps(item, ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate escape ("\\ud800") that json.loads let by
+        raise InvalidJSON("The body is not valid JSON: lone surrogate in a string.") from None
 
 
 def validate_inputs(
     input_type: type[BaseModel], body: bytes, payload: Any, max_items: int
-) -> tuple[list[BaseModel], bool]:
+) -> tuple[list[Input], bool]:
     """Validate a parsed body: one object or a non-empty array of objects.
 
-    Returns the inputs and whether the body was an array. Validation is strict
-    JSON validation (``"5"`` is not a number), from the raw body so that field
-    types such as datetimes follow their JSON rules. Errors name every field; in
-    an array, ``loc`` starts with the item's index.
+    Returns the inputs, each with the JSON document it was validated from, and
+    whether the body was an array. Validation (:func:`validate_item`) reads the
+    JSON text, so that field types such as datetimes follow their JSON rules. Errors
+    name every field; in an array, ``loc`` starts with the item's index.
     """
-    try:
-        if isinstance(payload, dict):
-            return [input_type.model_validate_json(body, strict=True)], False
-        if isinstance(payload, list):
-            if len(payload) > max_items:
-                raise InvalidInput(
-                    f"The array holds {len(payload)} inputs; at most {max_items} are accepted "
-                    "per request.",
-                    errors=[{"loc": [], "msg": f"List should have at most {max_items} items",
-                             "type": "too_long"}],
-                )
-            return _list_adapter(input_type, max_items).validate_json(body, strict=True), True
-    except ValidationError as exc:
-        bad_json = [e for e in exc.errors() if e["type"] == "json_invalid"]
-        if bad_json:  # e.g. a lone surrogate escape that Python's parser let through
-            raise InvalidJSON(f"The body is not valid JSON: {bad_json[0]['msg']}.") from None
-        errors = [
-            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_url=False, include_context=False, include_input=False)
-        ]
-        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "(body)" for e in errors[:5])
-        more = f" and {len(errors) - 5} more" if len(errors) > 5 else ""
-        raise InvalidInput(f"Invalid input: {fields}{more}.", errors=errors) from None
+    if isinstance(payload, dict):
+        return [_validate(input_type, body, ())], False
+    if isinstance(payload, list):
+        if not payload:
+            raise InvalidInput(
+                "The array is empty; send at least one input.",
+                errors=[{"loc": [], "msg": "List should have at least 1 item after validation, "
+                         "not 0", "type": "too_short"}],
+            )
+        if len(payload) > max_items:
+            raise InvalidInput(
+                f"The array holds {len(payload)} inputs; at most {max_items} are accepted "
+                "per request.",
+                errors=[{"loc": [], "msg": f"List should have at most {max_items} items",
+                         "type": "too_long"}],
+            )
+        inputs: list[Input] = []
+        errors: list[dict[str, Any]] = []
+        for i, item in enumerate(payload):
+            if not isinstance(item, dict):
+                errors.append({"loc": [i], "msg": "Input should be an object",
+                               "type": "model_type"})
+                continue
+            try:
+                inputs.append(_validate(input_type, _item_document(item), (i,)))
+            except InvalidInput as exc:
+                errors.extend(exc.errors or [])
+        if errors:
+            raise _invalid(errors)
+        return inputs, True
     raise InvalidInput(
         f"The body must be a JSON object (one input) or an array of objects; got "
         f"{_JSON_TYPES.get(type(payload), 'a value')}.",
         errors=[{"loc": [], "msg": f"Input should be an object or an array of {input_type.__name__}",
                  "type": "model_type"}],
     )
+
+
+def _validate(input_type: type[BaseModel], document: bytes, prefix: tuple[int, ...]) -> Input:
+    try:
+        return Input(validate_item(input_type, document), document)
+    except ValidationError as exc:
+        bad_json = [e for e in exc.errors() if e["type"] == "json_invalid"]
+        if bad_json:  # e.g. a lone surrogate escape that Python's parser let through
+            raise InvalidJSON(f"The body is not valid JSON: {bad_json[0]['msg']}.") from None
+        errors = [
+            {"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        raise _invalid(errors) from None
+
+
+def _invalid(errors: list[dict[str, Any]]) -> InvalidInput:
+    fields = ", ".join(".".join(str(p) for p in e["loc"]) or "(body)" for e in errors[:5])
+    more = f" and {len(errors) - 5} more" if len(errors) > 5 else ""
+    return InvalidInput(f"Invalid input: {fields}{more}.", errors=errors)

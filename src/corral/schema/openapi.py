@@ -33,8 +33,8 @@ _PROBLEMS: dict[int, tuple[str, list[str]]] = {
     500: ("The model raised (or the server failed); `error_id` finds the traceback in the "
           "server log.", ["model-error", "internal-error"]),
     502: ("The model worker died while computing this request.", ["worker-crashed"]),
-    503: ("The model is overloaded or loading (with Retry-After), or failed to load.",
-          ["overloaded", "model-loading", "model-failed"]),
+    503: ("The model is overloaded or loading (with Retry-After), failed to load, or unloaded.",
+          ["overloaded", "model-loading", "model-failed", "model-unloaded"]),
     504: ("The request's deadline passed before a result was ready.", ["timeout"]),
 }
 
@@ -151,6 +151,8 @@ _EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
                       "retry_after": 2}),
     "model-failed": ("Model failed", {"detail": "Model iris:1 failed to load: load() raised "
                      "OSError; the server log has the details under error id 5d0c2b7e9a114f38."}),
+    "model-unloaded": ("Model unloaded", {"detail": "Model iris:1 is unloaded; an administrator "
+                       "can load it."}),
     "timeout": ("Request timed out", {"detail": "Model iris:1 gave no result in time."}),
     "internal-error": ("Internal server error", {"detail": "The server failed on this request; "
                        "error id 0c4e1f2a9b3d5e67.", "error_id": "0c4e1f2a9b3d5e67"}),

@@ -3,12 +3,11 @@
 Two implementations, picked at run time after Gunicorn's worker has (or has not)
 monkey-patched the process for gevent:
 
-* :class:`ThreadChannel` (gthread workers): one DEALER socket per thread per model,
-  used only by its own thread, as ZeroMQ requires. The thread sends, then polls its
+* :class:`ThreadChannel` (gthread workers): one DEALER socket per thread, used
+  only by its own thread, as ZeroMQ requires. The thread sends, then polls its
   socket and the dispatcher's pidfd until its answer comes, the dispatcher dies, or
   time runs out. Answers to requests it gave up on are discarded by id.
-* :class:`GreenChannel` (gevent workers): one ``zmq.green`` DEALER per model per
-  process; a reader greenlet routes answers to waiting greenlets by id, and a
+* :class:`GreenChannel` (gevent workers): one ``zmq.green`` DEALER per process; a reader greenlet routes answers to waiting greenlets by id, and a
   watcher greenlet fails every waiting request at once if the dispatcher dies.
 
 Sends never block: a full or unconnected socket raises :class:`SendFailed` at once.
@@ -53,7 +52,7 @@ def _client_closed(client: socket.socket) -> bool:
 
 
 class DispatcherWatch:
-    """The pid of one model's dispatcher (from the supervisor's pid file) and a pidfd on it."""
+    """The dispatcher's pid (from the supervisor's pid file) and a pidfd on it."""
 
     def __init__(self, pid_file: str) -> None:
         self._path = Path(pid_file)

@@ -13,10 +13,19 @@ and the receiver drops the message.
 
 Messages, by direction::
 
-    HTTP worker -> dispatcher   Submit, Cancel, StatusQuery
-    dispatcher -> HTTP worker   Result, Failure, StatusReply
+    HTTP worker -> dispatcher   Submit, Cancel
+    dispatcher -> HTTP worker   Result, Failure
     replica -> dispatcher       Hello (start-up, loaded, load failed, and idle heartbeat), Done
-    dispatcher -> replica       Work
+    dispatcher -> replica       Work, Stop
+    supervisor -> dispatcher    Configure
+    anyone -> supervisor        Command (load, unload, set replicas), answered by Reply
+
+One dispatcher serves every model of an instance: messages that concern a model
+name it as ``name:version``.
+
+The in-process mode passes the same message objects through memory, never encoded
+(:mod:`corral.inprocess.engine`); there, ``inputs`` are validated pydantic objects
+rather than JSON documents, hence their ``list[Any]`` type.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 MAGIC = b"CR"
-VERSION = 1
+VERSION = 2
 
 
 class ProtocolError(Exception):
@@ -43,13 +52,18 @@ class Message:
 
 @dataclass
 class Submit(Message):
-    """Compute these inputs (JSON documents) before ``deadline`` (time.monotonic())."""
+    """Compute these inputs (JSON documents) with ``model`` before ``deadline`` (time.monotonic()).
+
+    ``lane`` is ``live`` (someone waits over HTTP) or ``background`` (a job).
+    """
 
     TYPE = 1
     PAYLOAD = "inputs"
     id: int
+    model: str
     deadline: float
-    inputs: list[bytes] = field(default_factory=list)
+    lane: str = "live"
+    inputs: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -57,12 +71,6 @@ class Cancel(Message):
     """The client gave up on request ``id``: drop it if it is still queued."""
 
     TYPE = 2
-    id: int
-
-
-@dataclass
-class StatusQuery(Message):
-    TYPE = 3
     id: int
 
 
@@ -86,19 +94,11 @@ class Failure(Message):
 
 
 @dataclass
-class StatusReply(Message):
-    TYPE = 6
-    id: int
-    state: str
-    replicas_ready: int
-    error: str | None = None
-
-
-@dataclass
 class Hello(Message):
     """A replica's state: ``loading``, ``ready`` (also sent as an idle heartbeat) or ``failed``."""
 
     TYPE = 7
+    model: str
     replica: int
     pid: int
     state: str
@@ -113,7 +113,7 @@ class Work(Message):
     PAYLOAD = "inputs"
     batch: int
     groups: list[int]
-    inputs: list[bytes] = field(default_factory=list)
+    inputs: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -123,15 +123,53 @@ class Done(Message):
     TYPE = 9
     PAYLOAD = "outputs"
     batch: int
+    model: str
     replica: int
     pid: int
     outcomes: list[dict[str, Any]]
     outputs: list[bytes] = field(default_factory=list)
 
 
+@dataclass
+class Stop(Message):
+    """The replica is no longer wanted (scaled down or unloaded): it exits now."""
+
+    TYPE = 10
+
+
+@dataclass
+class Configure(Message):
+    """The supervisor changed a model: ``replicas`` wanted (0: unloaded); ``retry``: load again."""
+
+    TYPE = 11
+    model: str
+    replicas: int
+    retry: bool = False
+
+
+@dataclass
+class Command(Message):
+    """An operation for the supervisor: ``load``, ``unload`` or ``set_replicas``."""
+
+    TYPE = 12
+    id: int
+    op: str
+    model: str
+    replicas: int | None = None
+
+
+@dataclass
+class Reply(Message):
+    """The supervisor's answer to Command ``id``: ``error`` is CorralError.to_dict() data."""
+
+    TYPE = 13
+    id: int
+    error: dict[str, Any] | None = None
+
+
 _TYPES: dict[int, type[Message]] = {
-    cls.TYPE: cls for cls in (Submit, Cancel, StatusQuery, Result, Failure, StatusReply, Hello,
-                              Work, Done)
+    cls.TYPE: cls for cls in (Submit, Cancel, Result, Failure, Hello, Work, Done, Stop,
+                              Configure, Command, Reply)
 }
 
 
@@ -144,6 +182,10 @@ _CHECKS: dict[str, Any] = {
     and math.isfinite(v),
     "str": lambda v: isinstance(v, str),
     "str | None": lambda v: v is None or isinstance(v, str),
+    "int | None": lambda v: v is None or _CHECKS["int"](v),
+    "bool": lambda v: isinstance(v, bool),
+    "dict[str, Any] | None": lambda v: v is None or isinstance(v, dict),
+    "list[Any]": lambda v: True,  # payload frames are bytes by construction
     "list[int]": lambda v: isinstance(v, list) and all(_CHECKS["int"](x) for x in v),
     "list[bytes]": lambda v: True,  # payload frames are bytes by construction
     "dict[str, Any]": lambda v: isinstance(v, dict),

@@ -11,9 +11,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..errors import StartupError
-from ..model import Model
-from ..server import Server
+from .errors import StartupError
+from .model import Model
+from .server import Server
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The Gunicorn master, as a child of the supervisor: ``python -m corral.workers http PLAN``.
+"""The Gunicorn master, as a child of the supervisor: ``python -m corral.process http RUNTIME_DIR``.
 
 Each HTTP worker builds its Flask app after the fork (and, for gevent, after
 monkey-patching), with a :class:`DispatcherEngine`: it parses, validates and
@@ -17,11 +17,11 @@ from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 
 from .. import metrics
-from ..cli.discover import load_server, warn_heavy_imports
+from ..discover import load_server, warn_heavy_imports
 from ..config import Settings
 from ..engine import Engine
 from ..log import configure_logging
-from .plan import Plan
+from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -104,12 +104,12 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
 
 
 def main(argv: list[str]) -> int:
-    from .remote import DispatcherEngine
+    from .client import DispatcherEngine
 
-    plan = Plan.load(argv[0])
-    settings = plan.build_settings()
+    runtime = Runtime(argv[0])
+    target, settings = runtime.read_plan()
     configure_logging(settings.log_level)
-    server = load_server(plan.target)
-    GunicornServer(settings, lambda: server.create_app(settings, DispatcherEngine(plan))).run()
+    server = load_server(target)
+    GunicornServer(settings, lambda: server.create_app(settings, DispatcherEngine(runtime))).run()
     return 0
 

@@ -1,12 +1,17 @@
-"""A replica process: loads one model version once and computes the batches its dispatcher sends.
+"""A replica process: loads one model version once and computes the batches the dispatcher sends.
 
-Run by the supervisor as ``python -m corral.workers replica PLAN MODEL REPLICA ATTEMPT``.
-It connects a DEALER socket to its dispatcher's backend, says Hello (loading), runs
-``load()``, then says Hello (ready) and serves Work messages one at a time. While
-idle it repeats Hello (ready) every second, so a restarted dispatcher learns of it.
-Once ``load()`` succeeded it creates ``<pid file>.<replica>.ready``: a replica that
-exits without it (``load()`` raised, or the process died while loading) counts as a
-failed load attempt for the supervisor.
+Run by the supervisor as ``python -m corral.process replica RUNTIME_DIR NAME:VERSION
+INDEX ATTEMPT STARTS``. It connects a DEALER socket to the dispatcher's backend,
+says Hello (loading), runs ``load()``, then says Hello (ready) and serves Work
+messages one at a time. While idle it repeats Hello (ready) every second, so a
+restarted dispatcher learns of it. It exits when the dispatcher says Stop (scaled
+down or unloaded). Once ``load()`` succeeded it creates its ready marker in the
+runtime directory: a replica that exits without one (``load()`` raised, or the
+process died while loading) counts as a failed load attempt for the supervisor.
+
+Each input arrives as the JSON document the HTTP worker validated, and is
+validated here by the same function (:func:`corral.schema.inputs.validate_item`),
+so both see the same value.
 """
 
 from __future__ import annotations
@@ -15,22 +20,21 @@ import logging
 import os
 import signal
 import time
-from pathlib import Path
-from typing import Any
 
 import zmq
 from pydantic import BaseModel, ValidationError
 
 from .. import metrics
-from ..cli.discover import load_server
+from ..discover import load_server
+from ..dispatch.compute import Outcome, compute, outcome_frames
+from ..dispatch.devices import model_device
 from ..errors import InvalidInput, new_error_id
 from ..log import configure_logging
 from ..model import Model
 from ..registry.spec import ModelSpec
-from ..transport.protocol import Done, Hello, ProtocolError, Work, decode, encode
-from .compute import Outcome, compute
-from .devices import model_device
-from .plan import Plan
+from ..schema.inputs import validate_item
+from ..transport.protocol import Done, Hello, ProtocolError, Stop, Work, decode, encode
+from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +46,8 @@ HEARTBEAT_MS = 1000
 
 def _decode_inputs(spec: ModelSpec, frames: list[bytes]) -> list[BaseModel] | InvalidInput:
     try:
-        return [spec.input_type.model_validate_json(f, strict=True) for f in frames]
-    except ValidationError as exc:
+        return [validate_item(spec.input_type, f) for f in frames]
+    except ValidationError as exc:  # the HTTP worker validated these: a version mismatch
         return InvalidInput(f"Input not valid for {spec.key}: {exc.error_count()} errors.")
 
 
@@ -56,7 +60,7 @@ def _send(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
 
 
 def serve_batches(sock: zmq.Socket[bytes], model: Model, spec: ModelSpec, hello: Hello) -> None:
-    """Compute Work until the process is stopped."""
+    """Compute Work until the dispatcher says Stop."""
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     while True:
@@ -68,6 +72,10 @@ def serve_batches(sock: zmq.Socket[bytes], model: Model, spec: ModelSpec, hello:
         except ProtocolError as exc:
             logger.warning("replica of %s dropped a message: %s", spec.key, exc)
             continue
+        if isinstance(work, Stop):
+            logger.info("model %s replica %d (pid %d) stopping: no longer wanted", spec.key,
+                        hello.replica, hello.pid)
+            return
         if not isinstance(work, Work):
             continue
         groups, start = [], 0
@@ -81,35 +89,29 @@ def serve_batches(sock: zmq.Socket[bytes], model: Model, spec: ModelSpec, hello:
         metrics.PREDICT_DURATION.labels(spec.name).observe(time.perf_counter() - started)
         outcomes: list[Outcome] = [g if isinstance(g, InvalidInput) else next(computed)
                                    for g in decoded]
-        meta: list[dict[str, Any]] = []
-        outputs: list[bytes] = []
-        for outcome in outcomes:
-            if isinstance(outcome, list):
-                meta.append({"ok": len(outcome)})
-                outputs.extend(outcome)
-            else:
-                meta.append({"error": outcome.to_dict()})
-        _send(sock, encode(Done(batch=work.batch, replica=hello.replica, pid=hello.pid,
-                                outcomes=meta, outputs=outputs)))
+        meta, outputs = outcome_frames(outcomes)
+        _send(sock, encode(Done(batch=work.batch, model=hello.model, replica=hello.replica,
+                                pid=hello.pid, outcomes=meta, outputs=outputs)))
 
 
 def main(argv: list[str]) -> int:
-    plan = Plan.load(argv[0])
-    model_index, replica, attempt, starts = (int(a) for a in argv[1:5])
-    settings = plan.build_settings()
+    runtime = Runtime(argv[0])
+    key = argv[1]
+    replica, attempt, starts = (int(a) for a in argv[2:5])
+    target, settings = runtime.read_plan()
     configure_logging(settings.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    endpoints = plan.models[model_index]
-    spec = load_server(plan.target).catalog(settings).resolve(endpoints.name, endpoints.version)
+    name, _, version = key.rpartition(":")
+    spec = load_server(target).catalog(settings).resolve(name, version)
 
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 2000)
     sock.setsockopt(zmq.IDENTITY, f"r{replica}-{os.getpid()}".encode())
-    sock.connect(endpoints.backend)
+    sock.connect(runtime.backend)
     if starts:
         metrics.REPLICA_RESTARTS.labels(spec.name).inc()
-    hello = Hello(replica=replica, pid=os.getpid(), state="loading")
+    hello = Hello(model=key, replica=replica, pid=os.getpid(), state="loading")
     sock.send_multipart(encode(hello))
 
     started = time.monotonic()
@@ -135,8 +137,9 @@ def main(argv: list[str]) -> int:
     logger.info("model %s replica %d (pid %d) loaded in %.2fs", spec.key, replica, os.getpid(),
                 load_seconds)
     hello.state = "ready"
-    Path(f"{endpoints.pid_file}.{replica}.ready").touch()  # the supervisor: load() succeeded
+    runtime.ready_marker(key, replica).touch()  # the supervisor: load() succeeded
     _send(sock, encode(hello))
     serve_batches(sock, model, spec, hello)
+    sock.close(0)
+    ctx.term()
     return 0
-

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
+
 from pydantic import BaseModel
 
 from ..errors import CorralError, InvalidInput, ModelError, new_error_id
@@ -109,3 +111,16 @@ def compute(
         result.append(outputs[start : start + len(g)])
         start += len(g)
     return result
+
+
+def outcome_frames(outcomes: list[Outcome]) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Outcomes as a Done message carries them: one meta entry per group, outputs flat."""
+    meta: list[dict[str, Any]] = []
+    outputs: list[bytes] = []
+    for outcome in outcomes:
+        if isinstance(outcome, list):
+            meta.append({"ok": len(outcome)})
+            outputs.extend(outcome)
+        else:
+            meta.append({"error": outcome.to_dict()})
+    return meta, outputs

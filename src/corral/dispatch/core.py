@@ -1,0 +1,448 @@
+"""The dispatch core: every model's queue, its replicas and its state. Pure, no I/O.
+
+One :class:`DispatchCore` is the whole of dispatching for both modes:
+
+* in process mode the dispatcher process (:mod:`corral.process.dispatcher`) feeds it
+  the messages it reads from its ZeroMQ sockets and sends what it asks to send;
+* in in-process mode (:mod:`corral.inprocess.engine`) the same messages travel
+  through memory between request threads, replica threads and the core.
+
+It takes messages (:class:`Submit`, :class:`Cancel` from clients; :class:`Hello`,
+:class:`Done` from replicas), replica deaths, configuration changes and the
+passing of time (:meth:`tick`, with an injected clock), and answers with effects
+collected in :attr:`effects`: messages to send to a peer (:class:`Send`) and
+processes to kill (:class:`Kill`). Peers are opaque hashable ids chosen by the
+transport. Each model has its own :class:`BatchQueue` and replicas: nothing one
+model does (a replica stuck in predict, crashing, or never loading) holds up
+another's queue.
+
+A request is admitted or refused at once (unknown, unloaded, failed or loading
+model; queue full); once queued it is answered exactly once: its outputs, a
+model's error, 504 when its deadline passes before a batch takes it, 502 when the
+replica computing it dies. A replica holds one batch at a time, so the core
+always knows what each one holds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+
+from ..batching.queue import Batch, BatchQueue, Clock, Lane, Ticket
+from ..errors import (
+    CorralError,
+    InternalError,
+    ModelFailed,
+    ModelLoading,
+    ModelNotFound,
+    ModelUnloaded,
+    Overloaded,
+    RequestTimeout,
+    WorkerCrashed,
+    error_from_dict,
+)
+from ..model import Batching
+from ..transport.protocol import (
+    Cancel,
+    Done,
+    Failure,
+    Hello,
+    Message,
+    ProtocolError,
+    Result,
+    Stop,
+    Submit,
+    Work,
+)
+from .status import ModelStatus
+
+logger = logging.getLogger(__name__)
+
+Peer = Hashable
+# How long a replica known to have loaded (before this core started) has to say so.
+HELLO_GRACE = 3.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the core needs to know of one model version (never its code)."""
+
+    key: str  # "name:version"
+    batching: Batching
+    replicas: int  # wanted; 0 means unloaded
+
+
+@dataclass(frozen=True)
+class Send:
+    """Effect: send ``msg`` to ``to``."""
+
+    to: Peer
+    msg: Message
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Effect: kill the replica process ``pid`` (it is hung)."""
+
+    pid: int
+
+
+Effect = Send | Kill
+
+
+@dataclass(eq=False)
+class _Request:
+    """A client's request while the core holds it."""
+
+    client: Peer
+    id: int
+    model: str
+    outputs: list[bytes | None]
+    filled: int = 0
+    finished: bool = False
+
+
+@dataclass(eq=False)
+class _Replica:
+    peer: Peer
+    index: int
+    pid: int
+    state: str = "loading"
+    error: str | None = None
+    batch: tuple[int, Batch] | None = None
+    batch_deadline: float = 0.0  # the latest deadline in the batch it holds
+    killed: bool = False  # the watchdog asked for its death
+    leaving: bool = False  # told to Stop
+
+
+@dataclass(eq=False)
+class _Model:
+    config: ModelConfig
+    queue: BatchQueue
+    replicas: dict[Peer, _Replica] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)  # replica index -> why it gave up
+    # Replica indices that had loaded before this core started, until they say hello.
+    expected: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.config.key
+
+    def ready(self) -> list[_Replica]:
+        return [r for r in self.replicas.values() if r.state == "ready" and not r.leaving]
+
+    def busy(self) -> int:
+        return sum(1 for r in self.replicas.values() if r.batch is not None)
+
+    def status(self, now: float) -> ModelStatus:
+        wanted = self.config.replicas
+        # Replicas that loaded before a restarted core began count until they say hello.
+        expected = sum(1 for i, until in self.expected.items() if until > now and i < wanted)
+        ready = len(self.ready()) + expected
+        if wanted == 0:
+            return ModelStatus("unloaded", 0, 0)
+        if ready:
+            return ModelStatus("ready", ready, wanted)
+        failed = [e for i, e in self.failed.items() if i < wanted]
+        if len(failed) >= wanted:
+            return ModelStatus("failed", 0, wanted, failed[0])
+        return ModelStatus("loading", 0, wanted)
+
+
+class DispatchCore:
+    """Queues, batches and replica bookkeeping for a set of model versions."""
+
+    def __init__(self, configs: Iterable[ModelConfig], clock: Clock = time.monotonic,
+                 stall_grace: float = 30.0,
+                 on_batch: Callable[[str, Batch, float], None] | None = None) -> None:
+        self.clock = clock
+        # A replica still in predict() this long after the last deadline of its batch is
+        # hung: every client has had its 504, so it is killed and replaced.
+        self.stall_grace = stall_grace
+        self.on_batch = on_batch
+        self.models: dict[str, _Model] = {}
+        self.requests: dict[tuple[Peer, int], Ticket] = {}
+        self.effects: list[Effect] = []
+        self.stopping = False
+        self._batch_ids = itertools.count()
+        self._replica_model: dict[Peer, _Model] = {}
+        for config in configs:
+            self.configure(config)
+
+    # -- configuration ----------------------------------------------------------------
+
+    def configure(self, config: ModelConfig, retry: bool = False) -> None:
+        """Add a model, or change how many replicas it wants (0: unload).
+
+        ``retry`` forgets the replicas that gave up loading, so new ones may try again.
+        Replicas beyond the wanted count are told to stop once their batch is done.
+        Unloading fails what is queued with ModelUnloaded.
+        """
+        model = self.models.get(config.key)
+        if model is None:
+            model = self.models[config.key] = _Model(config, BatchQueue(config.batching,
+                                                                        self.clock))
+        model.config = config
+        model.queue.policy = config.batching
+        if retry:
+            model.failed.clear()
+        for replica in list(model.replicas.values()):
+            if replica.index >= config.replicas:
+                self._release(model, replica)
+        if config.replicas == 0:
+            for ticket in model.queue.drain():
+                self._fail(ticket, ModelUnloaded(f"Model {model.key} was unloaded."))
+
+    def expect(self, key: str, indices: Iterable[int], failed: dict[int, str]) -> None:
+        """What a restarted dispatcher knows from before: replicas that had loaded
+        (queue for them until they say hello) and replicas that gave up loading."""
+        model = self.models[key]
+        until = self.clock() + HELLO_GRACE
+        model.expected = {i: until for i in indices}
+        model.failed.update(failed)
+
+    def status(self, key: str) -> ModelStatus:
+        return self.models[key].status(self.clock())
+
+    def statuses(self) -> dict[str, ModelStatus]:
+        now = self.clock()
+        return {key: model.status(now) for key, model in self.models.items()}
+
+    def depth(self, key: str) -> int:
+        """Inputs waiting in one model's queue."""
+        return len(self.models[key].queue)
+
+    def stop(self) -> None:
+        """Refuse new requests and fail the queued ones (shutting down)."""
+        self.stopping = True
+        for model in self.models.values():
+            for ticket in model.queue.drain():
+                self._fail(ticket, Overloaded(f"Model {model.key} is shutting down; retry.",
+                                              retry_after=1))
+
+    # -- messages ---------------------------------------------------------------------
+
+    def handle(self, peer: Peer, msg: Message) -> None:
+        """One message from a client or a replica. ProtocolError if it makes no sense."""
+        if isinstance(msg, Submit):
+            self.submit(peer, msg)
+        elif isinstance(msg, Cancel):
+            ticket = self.requests.pop((peer, msg.id), None)
+            if ticket is not None:
+                ticket.context.finished = True
+                self.models[ticket.context.model].queue.discard(ticket)
+        elif isinstance(msg, Hello):
+            self.hello(peer, msg)
+        elif isinstance(msg, Done):
+            self.done(peer, msg)
+        else:
+            raise ProtocolError(f"{type(msg).__name__} is not for the dispatcher")
+
+    def submit(self, client: Peer, msg: Submit) -> None:
+        model = self.models.get(msg.model)
+        refusal = self._refusal(model, msg)
+        if refusal is None:
+            assert model is not None
+            req = _Request(client, msg.id, model.key, [None] * len(msg.inputs))
+            lane: Lane = "background" if msg.lane == "background" else "live"
+            ticket = Ticket(msg.inputs, msg.deadline, lane=lane, context=req)
+            try:
+                model.queue.put(ticket)
+            except Overloaded as exc:
+                refusal = exc
+            else:
+                self.requests[(client, msg.id)] = ticket
+                self._dispatch(model)
+                return
+        self.effects.append(Send(client, Failure(id=msg.id, error=refusal.to_dict())))
+
+    def _refusal(self, model: _Model | None, msg: Submit) -> CorralError | None:
+        if model is None:
+            return ModelNotFound(f"No model {msg.model} in this dispatcher.")
+        if self.stopping:
+            return Overloaded(f"Model {model.key} is shutting down; retry.", retry_after=1)
+        if not msg.inputs:
+            return InternalError("A request with no inputs reached the dispatcher.")
+        if msg.lane not in ("live", "background"):
+            return InternalError(f"A request in an unknown lane {msg.lane!r}.")
+        status = model.status(self.clock())
+        if status.state == "unloaded":
+            return ModelUnloaded(f"Model {model.key} is unloaded; an administrator can load it.")
+        if status.state == "failed":
+            return ModelFailed(f"Model {model.key} failed to load: {status.error}")
+        if status.state == "loading":
+            return ModelLoading(f"Model {model.key} is still loading; retry shortly.",
+                                retry_after=2)
+        return None
+
+    # -- replicas ---------------------------------------------------------------------
+
+    def hello(self, peer: Peer, msg: Hello) -> None:
+        model = self._register(peer, msg)
+        if model is not None:
+            self._dispatch(model)
+
+    def _register(self, peer: Peer, msg: Hello) -> _Model | None:
+        """Record a replica's state; None if it was told to stop instead."""
+        model = self.models.get(msg.model)
+        if model is None or msg.replica < 0:
+            raise ProtocolError(f"hello from replica {msg.replica} of unknown model {msg.model!r}")
+        replica = model.replicas.get(peer)
+        if replica is None:
+            # A new process for this slot replaces any earlier one.
+            for old in [r for r in model.replicas.values() if r.index == msg.replica]:
+                self.replica_gone(old.peer, "was replaced")
+            replica = _Replica(peer, msg.replica, msg.pid)
+            model.replicas[peer] = replica
+            self._replica_model[peer] = model
+        model.expected.pop(msg.replica, None)
+        replica.state, replica.error = msg.state, msg.error
+        if msg.replica >= model.config.replicas:
+            self._release(model, replica)
+            return None
+        if msg.state == "ready":
+            model.failed.pop(msg.replica, None)
+        elif msg.state == "failed":
+            model.failed[msg.replica] = msg.error or "load() failed"
+            if model.status(self.clock()).state == "failed":
+                for ticket in model.queue.drain():
+                    self._fail(ticket, ModelFailed(f"Model {model.key} failed to load: "
+                                                   f"{msg.error}"))
+        return model
+
+    def done(self, peer: Peer, msg: Done) -> None:
+        if peer not in self._replica_model:  # a replica that outlived an earlier core
+            self._register(peer, Hello(model=msg.model, replica=msg.replica, pid=msg.pid,
+                                       state="ready"))
+        model = self._replica_model.get(peer)
+        replica = model.replicas.get(peer) if model is not None else None
+        if model is None or replica is None:
+            return
+        if replica.batch is None or replica.batch[0] != msg.batch:
+            self._dispatch(model)  # a batch from before this core started: it is free now
+            return
+        _, batch = replica.batch
+        replica.batch = None
+        self._deliver(model, batch, msg)
+        if replica.leaving:
+            self.effects.append(Send(peer, Stop()))
+        self._dispatch(model)
+
+    def _deliver(self, model: _Model, batch: Batch, msg: Done) -> None:
+        sizes = [piece.stop - piece.start for piece in batch.slices]
+        counts = [o.get("ok") for o in msg.outcomes]
+        if (len(counts) != len(sizes)
+                or any(c is not None and c != n for c, n in zip(counts, sizes))
+                or sum(c or 0 for c in counts) != len(msg.outputs)):
+            logger.error("model %s: a replica answered batch %d out of shape", model.key,
+                         msg.batch)
+            for piece in batch.slices:
+                self._fail(piece.ticket, InternalError(
+                    f"Model {model.key} answered out of shape; see the server log."))
+            return
+        outputs = iter(msg.outputs)
+        for piece, outcome in zip(batch.slices, msg.outcomes):
+            req: _Request = piece.ticket.context
+            if "ok" not in outcome:
+                self._fail(piece.ticket, error_from_dict(outcome.get("error") or {}))
+                continue
+            values = [next(outputs) for _ in range(piece.stop - piece.start)]
+            if req.finished:
+                continue
+            req.outputs[piece.start : piece.stop] = values
+            req.filled += len(values)
+            if req.filled == len(req.outputs):
+                req.finished = True
+                self.requests.pop((req.client, req.id), None)
+                self.effects.append(Send(req.client, Result(id=req.id,
+                                                            outputs=req.outputs)))  # type: ignore[arg-type]
+
+    def replica_gone(self, peer: Peer, how: str) -> None:
+        """A replica process exited (or was replaced): only the batch it held fails."""
+        model = self._replica_model.pop(peer, None)
+        if model is None:
+            return
+        replica = model.replicas.pop(peer)
+        if not replica.leaving and replica.state != "failed":
+            logger.warning("model %s: replica %d (pid %d) %s", model.key, replica.index,
+                           replica.pid, how)
+        if replica.batch is not None:
+            _, batch = replica.batch
+            for piece in batch.slices:
+                self._fail(piece.ticket, WorkerCrashed(
+                    f"The replica computing this request for model {model.key} died (pid "
+                    f"{replica.pid}). Other requests are unaffected; this input may be the "
+                    "cause."))
+
+    def _release(self, model: _Model, replica: _Replica) -> None:
+        """Stop giving work to a replica; it is told to stop when it holds none."""
+        if not replica.leaving:
+            replica.leaving = True
+            if replica.batch is None:
+                self.effects.append(Send(replica.peer, Stop()))
+
+    # -- time -------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Expire what waited too long, kill hung replicas, send batches that are due."""
+        for model in self.models.values():
+            for ticket in model.queue.pop_expired():
+                self._fail(ticket, RequestTimeout(
+                    f"Model {model.key} did not start this request before its deadline."))
+            self._watchdog(model)
+            self._dispatch(model)
+
+    def next_wakeup(self) -> float | None:
+        """Seconds until :meth:`tick` has something to do without new messages."""
+        waits = []
+        now = self.clock()
+        for model in self.models.values():
+            free = sum(1 for r in model.ready() if r.batch is None)
+            wait = model.queue.next_wakeup(model.busy(), free)
+            if wait is not None:
+                waits.append(wait)
+            waits.extend(max(0.0, r.batch_deadline + self.stall_grace - now)
+                         for r in model.replicas.values() if r.batch is not None and not r.killed)
+        return min(waits) if waits else None
+
+    def _watchdog(self, model: _Model) -> None:
+        now = self.clock()
+        for replica in model.replicas.values():
+            if (replica.batch is not None and not replica.killed
+                    and now > replica.batch_deadline + self.stall_grace):
+                logger.error("model %s: replica %d (pid %d) is still in predict() %.0f s after "
+                             "every deadline of its batch; killing it", model.key,
+                             replica.index, replica.pid, now - replica.batch_deadline)
+                self.effects.append(Kill(replica.pid))  # its death is reported to us
+                replica.killed = True  # once
+
+    def _dispatch(self, model: _Model) -> None:
+        free = [r for r in model.ready() if r.batch is None]
+        while free and model.queue.ready(model.busy()):
+            replica = free.pop()
+            batch = model.queue.take()
+            if self.on_batch is not None:
+                self.on_batch(model.key, batch, self.clock())
+            batch_id = next(self._batch_ids)
+            replica.batch = (batch_id, batch)
+            replica.batch_deadline = max(piece.ticket.deadline for piece in batch.slices)
+            self.effects.append(Send(replica.peer, Work(
+                batch=batch_id, groups=[s.stop - s.start for s in batch.slices],
+                inputs=batch.inputs())))
+
+    def _fail(self, ticket: Ticket, error: CorralError) -> None:
+        req: _Request = ticket.context
+        if req.finished:
+            return
+        req.finished = True
+        self.models[req.model].queue.discard(ticket)
+        self.requests.pop((req.client, req.id), None)
+        self.effects.append(Send(req.client, Failure(id=req.id, error=error.to_dict())))
+
+    def take_effects(self) -> list[Effect]:
+        """The effects since the last call, in order."""
+        effects, self.effects = self.effects, []
+        return effects

@@ -1,0 +1,1 @@
+"""Process mode (`corral serve`): supervisor, dispatcher, replicas, Gunicorn, and the HTTP workers' client."""

@@ -1,0 +1,217 @@
+"""DispatcherEngine: the engine of HTTP workers in process mode.
+
+Each request goes to the instance's dispatcher process (see :mod:`.dispatcher`)
+over ZeroMQ; the HTTP worker never loads a model. Model states come from the
+runtime directory's status.json, which the dispatcher rewrites whenever a state
+changes, so /v1/models and /readyz never wait on another process. Load, unload
+and replica counts go to the supervisor's control socket.
+
+The ZeroMQ context is created on first use, after Gunicorn forked the worker, and
+it is ``zmq.green``'s when gevent has patched the process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import threading
+from typing import Any
+
+from ..batching.queue import Lane
+from ..engine import Engine, Handle, Input, ModelStatus
+from ..errors import (
+    ClientClosedRequest,
+    CorralError,
+    ModelFailed,
+    ModelLoading,
+    ModelUnloaded,
+    Overloaded,
+    RequestTimeout,
+    WorkerCrashed,
+    error_from_dict,
+)
+from ..green import gevent_patched
+from ..registry.spec import ModelKey
+from ..transport.channels import (
+    ClientGone,
+    DispatcherGone,
+    DispatcherWatch,
+    GreenChannel,
+    SendFailed,
+    ThreadChannel,
+)
+from ..transport.protocol import (
+    Cancel,
+    Command,
+    Failure,
+    ProtocolError,
+    Reply,
+    Result,
+    Submit,
+    decode,
+    encode,
+)
+from .runtime import Runtime
+
+Channel = ThreadChannel | GreenChannel
+_CONTROL_TIMEOUT_MS = 10_000
+
+
+class _RemoteHandle(Handle):
+    def __init__(self, channel: Channel, key: ModelKey, rid: int) -> None:
+        self.channel, self.key, self.rid = channel, key, rid
+
+    def result(self, timeout: float, client: socket.socket | None = None) -> list[bytes]:
+        try:
+            msg = self.channel.wait(self.rid, timeout, client)
+        except ClientGone:
+            raise ClientClosedRequest(f"The client of a request to {self.key} went away.") from None
+        except DispatcherGone:
+            raise WorkerCrashed(
+                f"The dispatcher of model {self.key} exited while this request waited; "
+                "it is being restarted."
+            ) from None
+        if msg is None:
+            raise RequestTimeout(f"Model {self.key} gave no result in time.")
+        if isinstance(msg, Failure):
+            raise error_from_dict(msg.error)
+        if not isinstance(msg, Result):
+            raise WorkerCrashed(f"The dispatcher of model {self.key} answered out of protocol.")
+        return msg.outputs
+
+    def cancel(self) -> None:
+        try:
+            self.channel.notify(encode(Cancel(id=self.rid)))
+        except SendFailed:
+            pass
+
+
+class DispatcherEngine(Engine):
+    """Sends requests to the dispatcher process of a runtime directory."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._watch = DispatcherWatch(str(runtime.dispatcher_pid))
+        self._ids = itertools.count(1)
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        self._ctx: Any = None
+        self._green = False
+        self._local = threading.local()
+        self._shared: GreenChannel | None = None
+        self._status: dict[str, ModelStatus] = {}
+        self._status_mtime = -1
+
+    def start(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._green = gevent_patched()
+            if self._green:
+                import zmq.green
+
+                self._ctx = zmq.green.Context()
+            else:
+                import zmq
+
+                self._ctx = zmq.Context()
+            self._local = threading.local()
+            self._shared = None
+            self._pid = os.getpid()
+
+    def stop(self) -> None:
+        if self._ctx is not None and self._pid == os.getpid():
+            self._ctx.destroy(linger=0)
+            self._ctx = None
+            self._pid = None
+
+    def _channel(self) -> Channel:
+        self.start()
+        if self._green:
+            if self._shared is None:
+                self._shared = GreenChannel(self._ctx, self._runtime.frontend, self._watch)
+            return self._shared
+        channel: ThreadChannel | None = getattr(self._local, "channel", None)
+        if channel is None:
+            channel = self._local.channel = ThreadChannel(self._ctx, self._runtime.frontend,
+                                                          self._watch)
+        return channel
+
+    def submit(self, key: ModelKey, inputs: list[Input], deadline: float,
+               lane: Lane = "live") -> Handle:
+        channel = self._channel()
+        rid = next(self._ids)
+        frames = encode(Submit(id=rid, model=str(key), deadline=deadline, lane=lane,
+                               inputs=[i.json for i in inputs]))
+        try:
+            channel.send(frames, rid)
+        except SendFailed:
+            raise self._unreachable(key) from None
+        return _RemoteHandle(channel, key, rid)
+
+    def _unreachable(self, key: ModelKey) -> CorralError:
+        """Why a request could not reach the dispatcher, from the state last reported."""
+        status = self.status(key)
+        if status.state == "failed":
+            return ModelFailed(f"Model {key} failed to load: {status.error}")
+        if status.state == "unloaded":
+            return ModelUnloaded(f"Model {key} is unloaded; an administrator can load it.")
+        if status.state == "loading":
+            return ModelLoading(f"Model {key} is still loading; retry shortly.", retry_after=2)
+        return Overloaded(f"The dispatcher of model {key} is not taking requests now "
+                          "(restarting, or saturated); retry shortly.", retry_after=1)
+
+    def status(self, key: ModelKey) -> ModelStatus:
+        """From status.json, re-read only when the dispatcher rewrote it (one stat)."""
+        try:
+            mtime = os.stat(self._runtime.status_file).st_mtime_ns
+            if mtime != self._status_mtime:
+                self._status = self._runtime.read_status()
+                self._status_mtime = mtime
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not written yet, or the instance is stopping: keep what we had
+        status = self._status.get(str(key))
+        if status is None:
+            wanted = next((m.replicas for m in self._runtime.read_models()
+                           if m.key == str(key)), 0)
+            return ModelStatus("loading", 0, wanted, "The dispatcher has not reported yet.")
+        return status
+
+    # -- control ----------------------------------------------------------------------
+
+    def set_replicas(self, key: ModelKey, replicas: int) -> None:
+        self._command(Command(id=next(self._ids), op="set_replicas", model=str(key),
+                              replicas=replicas))
+
+    def load(self, key: ModelKey) -> None:
+        self._command(Command(id=next(self._ids), op="load", model=str(key)))
+
+    def unload(self, key: ModelKey) -> None:
+        self._command(Command(id=next(self._ids), op="unload", model=str(key)))
+
+    def _command(self, command: Command) -> None:
+        """Send a command to the supervisor and wait for its reply; raise what it says."""
+        import zmq
+
+        self.start()
+        sock = self._ctx.socket(zmq.DEALER)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self._runtime.control)
+            sock.send_multipart(encode(command))
+            while sock.poll(_CONTROL_TIMEOUT_MS):
+                try:
+                    reply = decode(sock.recv_multipart())
+                except ProtocolError:
+                    continue
+                if isinstance(reply, Reply) and reply.id == command.id:
+                    if reply.error is not None:
+                        raise error_from_dict(reply.error)
+                    return
+            raise Overloaded("The supervisor did not answer the command in time; retry.",
+                             retry_after=1)
+        finally:
+            sock.close()

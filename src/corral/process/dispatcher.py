@@ -1,0 +1,171 @@
+"""The dispatcher process: the dispatch core of every model, behind ZeroMQ sockets.
+
+Run by the supervisor as ``python -m corral.process dispatcher RUNTIME_DIR``. It binds
+two ROUTER sockets in the runtime directory: the frontend, where HTTP workers send
+Submit and Cancel (and the supervisor Configure), and the backend, where replicas
+say Hello and return Done. Everything else is the :class:`DispatchCore`: batches
+form across all HTTP workers, each model in its own queue.
+
+It never imports the app: what it knows of each model (batching, replicas wanted)
+comes from the runtime directory's models.json, so its memory does not grow with
+the user's imports. Replica deaths are seen through pidfds, without polling; only
+the batch the dead replica held fails. Model states go to status.json whenever they
+change, for HTTP workers to read without asking.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import zmq
+
+from .. import metrics
+from ..dispatch.core import DispatchCore, Kill, ModelConfig, Peer
+from ..dispatch.status import ModelStatus
+from ..log import configure_logging
+from ..transport.protocol import Configure, Hello, Message, ProtocolError, decode, encode
+from .runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+_DRAIN = 256  # most messages read from one socket before looking at the other
+_FRONT, _BACK = "f", "b"
+
+
+class Dispatcher:
+    """The ZeroMQ shell around a DispatchCore."""
+
+    def __init__(self, runtime: Runtime, core: DispatchCore, frontend: zmq.Socket[bytes],
+                 backend: zmq.Socket[bytes]) -> None:
+        self.runtime = runtime
+        self.core = core
+        self.sockets = {_FRONT: frontend, _BACK: backend}
+        self.poller = zmq.Poller()
+        self.poller.register(frontend, zmq.POLLIN)
+        self.poller.register(backend, zmq.POLLIN)
+        self.pidfds: dict[int, Peer] = {}  # replica process watches
+        self.depths = {key: -1 for key in core.models}
+        self.changed = True  # model states may have changed
+        self.written: dict[str, ModelStatus] | None = None  # what status.json says
+
+    def run(self) -> None:
+        while True:
+            wait = self.core.next_wakeup()
+            timeout = 1000 if wait is None else max(0, int(wait * 1000) + 1)
+            events = dict(self.poller.poll(timeout))
+            # Which replicas died, decided before any message can re-use a pidfd number.
+            dead = [fd for fd in self.pidfds if fd in events]
+            if self.sockets[_FRONT] in events:
+                self._drain(_FRONT, self.handle_client)
+            if self.sockets[_BACK] in events:
+                self._drain(_BACK, self.handle_replica)
+            for fd in dead:
+                self.core.replica_gone(self.pidfds.pop(fd), "exited")
+                self.poller.unregister(fd)
+                os.close(fd)
+                self.changed = True
+            self.core.tick()
+            self.flush()
+
+    def _drain(self, side: str, handle: Callable[[Peer, Message], None]) -> None:
+        sock = self.sockets[side]
+        for _ in range(_DRAIN):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                handle((side, frames[0]), decode(frames[1:]))
+            except ProtocolError as exc:
+                logger.warning("dispatcher dropped a message: %s", exc)
+            except Exception:  # one bad message must not take every model's queue down
+                logger.exception("dispatcher failed on a message")
+
+    def handle_client(self, peer: Peer, msg: Message) -> None:
+        if isinstance(msg, Configure):
+            entry = next((m for m in self.runtime.read_models() if m.key == msg.model), None)
+            if entry is None:
+                raise ProtocolError(f"Configure for an unknown model {msg.model!r}")
+            self.core.configure(ModelConfig(entry.key, entry.batching, msg.replicas),
+                                retry=msg.retry)
+            self.depths.setdefault(entry.key, -1)
+            self.changed = True
+        else:
+            self.core.handle(peer, msg)
+
+    def handle_replica(self, peer: Peer, msg: Message) -> None:
+        if isinstance(msg, Hello) and peer not in self.pidfds.values():
+            try:
+                fd = os.pidfd_open(msg.pid)
+            except OSError:
+                return  # the process is already gone: never register a ghost
+            self.pidfds[fd] = peer
+            self.poller.register(fd, zmq.POLLIN)
+        self.core.handle(peer, msg)
+        self.changed = True
+
+    def flush(self) -> None:
+        for effect in self.core.take_effects():
+            if isinstance(effect, Kill):
+                try:
+                    os.kill(effect.pid, signal.SIGKILL)  # its pidfd reports the death
+                except ProcessLookupError:
+                    pass
+                continue
+            side: str
+            identity: bytes
+            side, identity = effect.to  # type: ignore[misc]
+            try:
+                self.sockets[side].send_multipart([identity, *encode(effect.msg)], zmq.NOBLOCK)
+            except zmq.Again:  # the peer is gone or not reading: it has its own deadline
+                logger.debug("dispatcher: a message to a peer was dropped")
+        for key, depth in self.depths.items():
+            now = self.core.depth(key)
+            if now != depth:
+                self.depths[key] = now
+                metrics.QUEUE_DEPTH.labels(key.rpartition(":")[0]).set(now)
+        if self.changed:
+            self.changed = False
+            statuses = self.core.statuses()
+            if statuses != self.written:
+                self.runtime.write_status(statuses)
+                self.written = statuses
+
+
+def main(argv: list[str]) -> int:
+    runtime = Runtime(argv[0])
+    _, settings = runtime.read_plan()
+    configure_logging(settings.log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    models = runtime.read_models()
+    core = DispatchCore((ModelConfig(m.key, m.batching, m.replicas) for m in models),
+                        stall_grace=settings.stall_grace, on_batch=metrics.observe_batch)
+    for m in models:
+        # A restarted dispatcher queues at once for replicas that had loaded (they say so
+        # within a second), and remembers the replicas the supervisor gave up on.
+        core.expect(m.key, runtime.ready_replicas(m.key), m.failed)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    frontend = ctx.socket(zmq.ROUTER)
+    backend = ctx.socket(zmq.ROUTER)
+    for sock, address in ((frontend, runtime.frontend), (backend, runtime.backend)):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        try:
+            os.unlink(address[len("ipc://"):])  # left by a dispatcher that was killed
+        except FileNotFoundError:
+            pass
+        sock.bind(address)
+    logger.info("dispatcher for %d model version(s) listening (pid %d)", len(models),
+                os.getpid())
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        Dispatcher(runtime, core, frontend, backend).run()
+    finally:
+        frontend.close()
+        backend.close()
+        ctx.term()
+    return 0

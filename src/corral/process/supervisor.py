@@ -1,0 +1,331 @@
+"""The supervisor: ``corral serve`` itself, the parent of every process of the server.
+
+::
+
+    supervisor ─┬─ Gunicorn master ── HTTP workers      (python -m corral.process http)
+                ├─ dispatcher, for every model          (python -m corral.process dispatcher)
+                └─ replicas of each model version       (python -m corral.process replica)
+
+One loop: wait for a signal, a child's exit or a command on the control socket,
+handle it, restart what died (with backoff), and on SIGTERM/SIGINT stop in order:
+Gunicorn first (it drains in-flight requests within the grace period), then the
+dispatcher, then replicas; then remove the runtime directory. Children run in
+their own process groups, so a Ctrl-C reaches only the supervisor; each dies with
+it (parent-death signal).
+
+The control socket (``ctl`` in the runtime directory) takes Command messages:
+``load``, ``unload`` and ``set_replicas`` of a declared model version. The
+supervisor records the change in models.json, starts or retires replica
+processes, and tells the dispatcher (Configure). A replica no longer wanted is
+stopped by the dispatcher once its batch is done, so no request fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from .. import metrics
+from ..config import Settings
+from ..dispatch.devices import device_env
+from ..errors import CorralError, InvalidInput, ModelNotFound
+from ..registry.catalog import Catalog
+from ..transport.protocol import Command, Configure, ProtocolError, Reply, decode, encode
+from .replica import MAX_LOAD_ATTEMPTS
+from .runtime import ModelEntry, Runtime
+from .spawn import spawn
+
+logger = logging.getLogger(__name__)
+
+_STABLE_AFTER = 30.0  # a child that ran this long restarts without backoff
+_MAX_BACKOFF = 10.0
+MAX_REPLICAS = 64  # per model version, through the control socket
+
+
+@dataclass(eq=False)
+class Child:
+    """One supervised process and when to start it again."""
+
+    kind: str  # "http", "dispatcher" or "replica"
+    label: str
+    args: list[str]
+    death_signal: int = signal.SIGKILL
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    failures: int = 0  # consecutive quick deaths, for backoff
+    load_attempt: int = 1  # replicas: which load() attempt this start is
+    restart_at: float | None = 0.0  # None: do not restart
+    pid_file: str | None = None  # where to write the pid
+    starts: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's
+    model: str = ""  # replicas: name:version
+    index: int = 0  # replicas: the slot
+    retired_at: float | None = None  # replicas no longer wanted: when they were told
+
+    def start(self, env: dict[str, str]) -> None:
+        extra = {"replica": [str(self.load_attempt), str(self.starts)]}.get(self.kind, [])
+        self.proc = spawn("corral.process", self.kind, *self.args, *extra,
+                          death_signal=self.death_signal, env={**env, **self.env})
+        self.starts += 1
+        self.started_at = time.monotonic()
+        self.restart_at = None
+        if self.pid_file:
+            tmp = f"{self.pid_file}.tmp"
+            with open(tmp, "w") as f:
+                f.write(str(self.proc.pid))
+            os.replace(tmp, self.pid_file)
+        logger.debug("started %s (pid %d)", self.label, self.proc.pid)
+
+
+class Supervisor:
+    """Starts, watches and stops the server's processes."""
+
+    def __init__(self, target: str, settings: Settings, catalog: Catalog,
+                 http: bool = True) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.runtime = Runtime.create(settings)
+        self.runtime.write_plan(target, settings)
+        self.models = {str(spec.key): ModelEntry.of(spec) for spec in catalog}
+        self.runtime.write_models(list(self.models.values()))
+        self.children: list[Child] = []
+        self._stopping = False
+        self._failed_start = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.env = {**os.environ, metrics.MULTIPROC_ENV: str(self.runtime.metrics_dir)}
+        run_dir = str(self.runtime.path)
+        self.children.append(Child("dispatcher", "dispatcher", [run_dir],
+                                   pid_file=str(self.runtime.dispatcher_pid)))
+        for key, entry in self.models.items():
+            for index in range(entry.replicas):
+                self._add_replica(key, index)
+        if http:
+            # Gunicorn drains gracefully on SIGTERM, so that is what it gets if we die.
+            self.children.append(Child("http", "Gunicorn", [run_dir],
+                                       death_signal=signal.SIGTERM))
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+
+    def _add_replica(self, key: str, index: int) -> None:
+        spec = self.catalog.resolve(*key.rsplit(":", 1))
+        self.children.append(Child("replica", f"replica {key} #{index}",
+                                   [str(self.runtime.path), key, str(index)],
+                                   env=device_env(spec.device_for(index)), model=key,
+                                   index=index))
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal)
+        signal.set_wakeup_fd(self._wake_w)
+        logger.info("runtime directory %s", self.runtime.path)
+        self._ctx = zmq.Context()
+        control = self._ctx.socket(zmq.ROUTER)
+        control.setsockopt(zmq.LINGER, 0)
+        control.bind(self.runtime.control)
+        self._dispatcher = self._ctx.socket(zmq.DEALER)
+        self._dispatcher.setsockopt(zmq.LINGER, 0)
+        self._dispatcher.connect(self.runtime.frontend)
+        poller = zmq.Poller()
+        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(control, zmq.POLLIN)
+        try:
+            while not self._stopping:
+                self.start_due()
+                events = dict(poller.poll(int(self._next_timeout() * 1000) + 1))
+                self._drain_wakeups()
+                if control in events:
+                    self._serve_control(control)
+                self.reap()
+                self.retire_stragglers()
+            self.shutdown()
+        finally:
+            control.close()
+            self._dispatcher.close()
+            self._ctx.term()
+            self.runtime.remove()
+        return 1 if self._failed_start else 0
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: terminal closed
+            if not self._stopping:
+                logger.info("received %s; stopping", signal.Signals(signum).name)
+            self._stopping = True
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _next_timeout(self) -> float:
+        due = [c.restart_at for c in self.children if c.proc is None and c.restart_at is not None]
+        return max(0.0, min(due) - time.monotonic()) if due else 1.0
+
+    def start_due(self) -> None:
+        now = time.monotonic()
+        # Dispatcher before replicas before Gunicorn: the list is in that order.
+        for child in self.children:
+            if child.proc is None and child.restart_at is not None and child.restart_at <= now:
+                child.start(self.env)
+
+    def reap(self) -> None:
+        for child in list(self.children):
+            if child.proc is None or child.proc.poll() is None:
+                continue
+            code = child.proc.returncode
+            metrics.process_exited(child.proc.pid, str(self.runtime.metrics_dir))
+            child.proc = None
+            loaded = False
+            if child.kind == "replica":
+                marker = self.runtime.ready_marker(child.model, child.index)
+                loaded = marker.exists()
+                marker.unlink(missing_ok=True)
+            if self._stopping:
+                continue
+            if child.retired_at is not None:
+                self.children.remove(child)
+                logger.info("%s stopped (no longer wanted)", child.label)
+                continue
+            self.handle_exit(child, code, loaded)
+
+    def handle_exit(self, child: Child, code: int, loaded: bool) -> None:
+        ran = time.monotonic() - child.started_at
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        if child.kind == "http" and child.starts == 1 and ran < _STABLE_AFTER:
+            # Gunicorn could not start (port in use, bad address): nothing to serve.
+            logger.error("Gunicorn %s during start-up; stopping (see its message above)", how)
+            self._failed_start = True
+            self._stopping = True
+            return
+        if child.kind == "replica":
+            if loaded:
+                child.load_attempt = 1
+            elif child.load_attempt >= MAX_LOAD_ATTEMPTS:
+                # load() raised, or the process died (OOM, crash) before it finished.
+                logger.error("%s: load() failed %d times; the model is marked failed",
+                             child.label, child.load_attempt)
+                entry = self.models[child.model]
+                entry.failed[child.index] = (f"load() failed {child.load_attempt} times; see "
+                                             "the server log.")
+                self.runtime.write_models(list(self.models.values()))
+                return  # restart_at stays None
+            else:
+                child.load_attempt += 1
+        child.failures = 0 if ran > _STABLE_AFTER else child.failures + 1
+        delay = 0.0 if child.failures <= 1 else min(_MAX_BACKOFF, 0.25 * 2 ** child.failures)
+        if child.kind == "replica" and child.load_attempt > 1:
+            delay = max(delay, 0.5 * child.load_attempt)
+        logger.warning("%s %s; restarting in %.1fs", child.label, how, delay)
+        child.restart_at = time.monotonic() + delay
+
+    # -- control ----------------------------------------------------------------------
+
+    def _serve_control(self, sock: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = decode(frames[1:])
+            except ProtocolError as exc:
+                logger.warning("control socket: dropped a message: %s", exc)
+                continue
+            if not isinstance(msg, Command):
+                continue
+            error: dict[str, Any] | None = None
+            try:
+                self.command(msg)
+            except CorralError as exc:
+                error = exc.to_dict()
+            try:
+                sock.send_multipart([frames[0], *encode(Reply(id=msg.id, error=error))],
+                                    zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+
+    def command(self, msg: Command) -> None:
+        """Carry out load, unload or set_replicas; CorralError if it cannot be done."""
+        entry = self.models.get(msg.model)
+        if entry is None:
+            raise ModelNotFound(f"No model version {msg.model!r}; declared: "
+                                f"{', '.join(sorted(self.models))}.")
+        retry = False
+        if msg.op == "load":
+            replicas = entry.replicas or entry.declared_replicas
+            retry = True
+        elif msg.op == "unload":
+            replicas = 0
+        elif msg.op == "set_replicas" and msg.replicas is not None:
+            replicas = msg.replicas
+        else:
+            raise InvalidInput(f"Unknown command {msg.op!r}.")
+        if not 0 <= replicas <= MAX_REPLICAS:
+            raise InvalidInput(f"replicas must be between 0 and {MAX_REPLICAS}; got {replicas}.")
+        logger.info("model %s: %s -> %d replica(s)", msg.model, msg.op, replicas)
+        entry.replicas = replicas
+        if retry:
+            entry.failed.clear()
+        self.runtime.write_models(list(self.models.values()))
+        mine = [c for c in self.children if c.kind == "replica" and c.model == msg.model]
+        for child in mine:
+            if child.index >= replicas and child.retired_at is None:
+                child.retired_at = time.monotonic()
+                if child.proc is None:
+                    self.children.remove(child)
+            elif retry and child.proc is None and child.retired_at is None:
+                child.load_attempt, child.failures = 1, 0
+                child.restart_at = time.monotonic()
+        have = {c.index for c in mine if c.retired_at is None}
+        for index in range(replicas):
+            if index not in have:
+                self._add_replica(msg.model, index)
+        try:
+            self._dispatcher.send_multipart(
+                encode(Configure(model=msg.model, replicas=replicas, retry=retry)), zmq.NOBLOCK)
+        except zmq.Again:  # no dispatcher now: it reads models.json when it starts
+            pass
+
+    def retire_stragglers(self) -> None:
+        """Replicas no longer wanted that the dispatcher could not stop get SIGTERM."""
+        limit = time.monotonic() - self.settings.graceful_timeout - 5
+        for child in self.children:
+            if (child.retired_at is not None and child.retired_at < limit
+                    and child.proc is not None and child.proc.poll() is None):
+                logger.warning("%s did not stop when asked; terminating it", child.label)
+                child.proc.terminate()
+                child.retired_at = float("inf")
+
+    # -- stopping ---------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Gunicorn drains first, then the dispatcher stops, then replicas."""
+        grace = self.settings.graceful_timeout + 5
+        for kind, timeout in (("http", grace), ("dispatcher", 5.0), ("replica", 5.0)):
+            self._stop(kind, timeout)
+        logger.info("stopped")
+
+    def _stop(self, kind: str, timeout: float) -> None:
+        procs = [c.proc for c in self.children if c.kind == kind and c.proc is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("pid %d did not stop within %.0fs; killing it", proc.pid, timeout)
+                proc.kill()
+                proc.wait()

@@ -1,1 +1,0 @@
-"""Where models run: engines that load models and compute batches."""
