@@ -284,9 +284,11 @@ class Supervisor:
                 child.retired_at = time.monotonic()
                 if child.proc is None:
                     self.children.remove(child)
-            elif retry and child.proc is None and child.retired_at is None:
+            elif retry and child.retired_at is None:
+                # Also a replica whose last attempt has not been reaped yet: it starts over.
                 child.load_attempt, child.failures = 1, 0
-                child.restart_at = time.monotonic()
+                if child.proc is None:
+                    child.restart_at = time.monotonic()
         have = {c.index for c in mine if c.retired_at is None}
         for index in range(replicas):
             if index not in have:
