@@ -275,11 +275,11 @@ class Server:
             cmd = cmdline(pid)
             if pid == root:
                 out[pid] = "supervisor" if self.kind == "corral" else "gunicorn master"
-            elif "corral.workers replica" in cmd:
+            elif "corral.process replica" in cmd:
                 out[pid] = "replica"
-            elif "corral.workers dispatcher" in cmd:
+            elif "corral.process dispatcher" in cmd:
                 out[pid] = "dispatcher"
-            elif "corral.workers http" in cmd and (_stat(pid) or ["", "0"])[1] == str(root):
+            elif "corral.process http" in cmd and (_stat(pid) or ["", "0"])[1] == str(root):
                 out[pid] = "gunicorn master"
                 master = pid
         for pid in pids:

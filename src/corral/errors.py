@@ -91,6 +91,9 @@ class MethodNotAllowed(CorralError):
     def headers(self) -> dict[str, str]:
         return {"Allow": ", ".join(self.allowed)}
 
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "allowed": self.allowed}
+
 
 class PayloadTooLarge(CorralError):
     """The body is larger than ``max_body_bytes``."""
