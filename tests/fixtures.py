@@ -53,6 +53,13 @@ class SumModel(corral.Model):
         return [Total(total=sum(x.values), batch_size=len(batch), pid=os.getpid()) for x in batch]
 
 
+class SumItemsModel(SumModel):
+    """SumModel that answers an array with per-item errors."""
+
+    name = "sum-items"
+    per_item_errors = True
+
+
 class Word(BaseModel):
     word: str = Field(min_length=1, max_length=50, examples=["corral"])
 

@@ -79,6 +79,14 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Seconds a replica may stay in predict() past every deadline "
         "of its batch before it is killed and replaced."
     )
+    ready_with_failed_models: bool = Field(
+        False, description="/readyz answers 200 while some models have failed to load, if every "
+        "other model is ready. Off: any failed model makes the server not ready.",
+    )
+    exit_when_all_failed: bool = Field(
+        False, description="Stop corral serve with exit code 1 when every model has failed to "
+        "load, so that an orchestrator restarts it.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the corral.* loggers."
     )

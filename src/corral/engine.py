@@ -25,7 +25,9 @@ from pydantic import BaseModel
 from .batching.queue import Lane
 from .dispatch.status import ModelStatus as ModelStatus
 from .dispatch.status import State as State
+from .errors import CorralError, error_from_dict
 from .registry.spec import ModelKey
+from .transport.protocol import Result
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,26 @@ class Input:
     json: bytes
 
 
+Outputs = list[bytes | CorralError]
+
+
+def outputs_of(result: Result) -> Outputs:
+    """A Result's outputs, with the error of each input that failed alone in its place."""
+    outputs: Outputs = list(result.outputs)
+    for error in result.errors:
+        item = error.get("item")
+        if type(item) is int and 0 <= item < len(outputs):
+            outputs[item] = error_from_dict(error)
+    return outputs
+
+
 class Handle(ABC):
     """One submitted request."""
 
     @abstractmethod
-    def result(self, timeout: float, client: socket.socket | None = None) -> list[bytes]:
-        """Wait up to ``timeout`` seconds; return the outputs (JSON) or raise a CorralError.
+    def result(self, timeout: float, client: socket.socket | None = None) -> Outputs:
+        """Wait up to ``timeout`` seconds; return one output (JSON) per input, or the
+        CorralError of an input that failed alone; or raise a CorralError for the request.
 
         Raises RequestTimeout if no result came in time, and ClientClosedRequest if
         ``client`` (the HTTP connection, where the server exposes it) closes first and

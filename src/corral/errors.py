@@ -26,6 +26,7 @@ class CorralError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
+        self.item: int | None = None  # the input it concerns, in an array request
 
     def headers(self) -> dict[str, str]:
         """Extra HTTP headers that go with this problem (e.g. ``Retry-After``)."""
@@ -33,7 +34,7 @@ class CorralError(Exception):
 
     def extra(self) -> dict[str, Any]:
         """Extra members of the problem document beyond the RFC 9457 basics."""
-        return {}
+        return {} if self.item is None else {"item": self.item}
 
     def to_dict(self) -> dict[str, Any]:
         """The error as plain data, to send across a process boundary."""
@@ -133,7 +134,7 @@ class _WithErrorId(CorralError):
         self.error_id = error_id or new_error_id()
 
     def extra(self) -> dict[str, Any]:
-        return {"error_id": self.error_id}
+        return {**super().extra(), "error_id": self.error_id}
 
 
 class ModelError(_WithErrorId):
@@ -186,7 +187,7 @@ class _RetryLater(CorralError):
         return {"Retry-After": str(self.retry_after)}
 
     def extra(self) -> dict[str, Any]:
-        return {"retry_after": self.retry_after}
+        return {**super().extra(), "retry_after": self.retry_after}
 
 
 class Overloaded(_RetryLater):

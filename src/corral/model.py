@@ -65,6 +65,10 @@ class Model:
     it the highest version is served there.
     ``batching``: a :class:`Batching`; absent means one input per call.
     ``replicas``: how many copies of the model serve requests.
+    ``per_item_errors``: what an array request gets when some of its inputs fail
+    (``predict`` raised for them alone): ``False`` (default), the request fails with the
+    first failed input's error, its index in ``loc`` and ``item``; ``True``, a 200 whose
+    array holds each failed input's problem document in its place.
     ``devices``: where replicas run, e.g. ``["cuda:0", "cuda:1"]`` or ``["cpu"]``;
     replica *i* gets ``devices[i % len(devices)]``. Under ``corral serve`` that device is
     the only one the replica's process can see (``CUDA_VISIBLE_DEVICES`` and
@@ -81,6 +85,7 @@ class Model:
     default: ClassVar[bool] = False
     batching: ClassVar[Batching | None] = None
     replicas: ClassVar[int] = 1
+    per_item_errors: ClassVar[bool] = False
     devices: ClassVar[Sequence[str] | None] = None
 
     #: Set on each instance before load(): "cpu", or "cuda" when a GPU was assigned.

@@ -18,6 +18,7 @@ from .errors import StartupError
 from .model import Model
 from .registry.catalog import Catalog
 from .registry.spec import build_spec
+from .schema.openapi import ApiInfo
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -29,7 +30,10 @@ if TYPE_CHECKING:
 class Server:
     """The models one Corral server serves."""
 
-    def __init__(self, models: Sequence[type[Model]], *, title: str = "Corral") -> None:
+    def __init__(self, models: Sequence[type[Model]], *, title: str = "Corral",
+                 version: str = "v1", description: str | None = None) -> None:
+        """``title``, ``version`` and ``description`` are the API's, as the OpenAPI document
+        and the Swagger UI page show them (``info``); the description is Markdown."""
         models = list(models)
         for m in models:
             if not (isinstance(m, type) and issubclass(m, Model)):
@@ -38,7 +42,7 @@ class Server:
                     "not an instance."
                 )
         self.models = models
-        self.title = title
+        self.info = ApiInfo(title, version, description)
         self._wsgi: Flask | None = None
         self._lock = threading.Lock()
 
@@ -64,7 +68,7 @@ class Server:
             from .inprocess.engine import InProcessEngine
 
             engine = InProcessEngine(catalog, stall_grace=settings.stall_grace)
-        app = create_app(catalog, engine, settings, title=self.title)
+        app = create_app(catalog, engine, settings, self.info)
         app.extensions["corral.engine"] = engine
         return app
 

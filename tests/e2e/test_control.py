@@ -22,7 +22,7 @@ from corral.errors import InvalidInput, ModelNotFound
 from corral.process.client import DispatcherEngine
 from corral.process.runtime import Runtime
 from corral.registry.spec import ModelKey
-from tests.conftest import CORRAL, ROOT, ServerProcess
+from tests.conftest import CORRAL, ROOT, ServerProcess, settled
 from tests.e2e.test_workers import (
     BASIC,
     FAST_LOAD,
@@ -186,7 +186,7 @@ def test_a_wsgi_app_started_apart_uses_the_models_process_tree(tmp_path: Path) -
                 app = app or load_server(BASIC).create_app(Settings(runtime_dir=str(run_dir)))
             except Exception:
                 return False
-            return app.test_client().get("/readyz").status_code == 200
+            return settled(app.test_client().get("/readyz").json)  # type: ignore[arg-type]
 
         wait_until(tree_ready, 60, "the models to load")
         assert app is not None
@@ -288,6 +288,7 @@ def test_model_states_are_answered_without_asking_the_dispatcher(serve: Serve) -
         ready = requests.get(server.url + "/readyz", timeout=2)
     finally:
         os.kill(dispatcher.pid, signal.SIGCONT)
-    assert models.status_code == 200 and ready.status_code == 200
+    assert models.status_code == 200 and ready.status_code == 503  # broken-load failed
+    assert settled(ready.json())
     states = {m["name"]: m["versions"][0]["state"] for m in models.json()["models"]}
     assert states["sum"] == "ready" and states["broken-load"] == "failed"

@@ -382,7 +382,9 @@ def test_a_failed_model_stays_failed_when_its_dispatcher_restarts(serve: Serve) 
     assert state() == "failed"
     resp = post(server, "/v1/models/broken-load/predict", {"word": "a"})
     assert resp.status_code == 503 and resp.json()["type"] == "model-failed"
-    assert requests.get(server.url + "/readyz", timeout=10).status_code == 200
+    ready = requests.get(server.url + "/readyz", timeout=10)
+    assert ready.status_code == 503  # a failed model: not ready, by default
+    assert {m["name"]: m["state"] for m in ready.json()["models"]}["broken-load"] == "failed"
 
 
 def test_a_hung_replica_is_killed_and_replaced(serve: Serve) -> None:

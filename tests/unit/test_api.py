@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from flask.testing import FlaskClient
 
 import corral
 from corral.config import Settings
+from tests.conftest import settled
 from tests.fixtures import (
     BadOutputModel,
     BrokenLoadModel,
@@ -22,6 +25,7 @@ from tests.fixtures import (
     EchoV2Model,
     EchoV10Model,
     SlowLoadModel,
+    SumItemsModel,
     SumModel,
 )
 
@@ -29,9 +33,10 @@ PROBLEM = "application/problem+json"
 
 
 def wait_ready(client: FlaskClient, timeout: float = 20.0) -> None:
+    """Until every model is done loading (the fixtures include one that always fails)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if client.get("/readyz").status_code == 200:
+        if settled(client.get("/readyz").json):  # type: ignore[arg-type]
             return
         time.sleep(0.02)
     raise AssertionError(client.get("/readyz").json)
@@ -47,8 +52,8 @@ def make_app(*models: type[corral.Model], **settings: Any) -> Flask:
 def app() -> Iterator[Flask]:
     SumModel.batch_sizes.clear()
     SumModel.seen.clear()
-    app = make_app(SumModel, EchoV1Model, EchoV2Model, EchoV10Model, BrokenLoadModel,
-                   BadOutputModel, max_body_bytes=4096, max_items=5)
+    app = make_app(SumModel, SumItemsModel, EchoV1Model, EchoV2Model, EchoV10Model,
+                   BrokenLoadModel, BadOutputModel, max_body_bytes=4096, max_items=5)
     yield app
     app.extensions["corral.engine"].stop()
 
@@ -240,6 +245,98 @@ def test_model_invalid_input_is_422_with_its_message(client: FlaskClient) -> Non
     problem = assert_problem(post(client, "/v1/models/sum/predict", {"values": [1], "reject": True}),
                              422, "validation-error")
     assert "reject=true" in problem["detail"]
+    # A validation error always lists its errors; the message is the entry's msg.
+    assert problem["errors"] == [{"loc": [], "msg": "This input is rejected by the model: "
+                                  "reject=true.", "type": "invalid_input"}]
+
+
+def test_a_failing_item_of_an_array_is_named(client: FlaskClient) -> None:
+    body = [{"values": [1]}, {"values": [2], "poison": True}, {"values": [3], "reject": True}]
+    problem = assert_problem(post(client, "/v1/models/sum/predict", body), 500, "model-error")
+    assert problem["item"] == 1 and problem["detail"].startswith("Item 1: ")
+    assert problem["error_id"] in problem["detail"]
+    rejected = assert_problem(post(client, "/v1/models/sum/predict", [body[0], body[2]]), 422,
+                              "validation-error")
+    assert rejected["item"] == 1 and rejected["errors"][0]["loc"] == [1]
+
+
+def test_a_model_may_answer_arrays_with_per_item_errors(client: FlaskClient) -> None:
+    body = [{"values": [1]}, {"values": [2], "poison": True}, {"values": [3], "reject": True},
+            {"values": [4]}]
+    resp = post(client, "/v1/models/sum-items/predict", body)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    first, poisoned, rejected, last = resp.get_json()
+    assert (first["total"], last["total"]) == (1, 4)
+    assert poisoned["type"] == "model-error" and poisoned["status"] == 500
+    assert poisoned["item"] == 1 and poisoned["error_id"]
+    assert rejected["type"] == "validation-error" and rejected["errors"][0]["loc"] == [2]
+    assert "secret" not in resp.get_data(as_text=True)
+    # A single object still gets its error as the response.
+    assert_problem(post(client, "/v1/models/sum-items/predict", body[1]), 500, "model-error")
+
+
+def test_a_split_batch_logs_each_failure_on_its_own(app: Flask,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    body = [{"values": [1]}, {"values": [2], "poison": True}, {"values": [3], "poison": True}]
+    with caplog.at_level("INFO", logger="corral"):
+        post(app.test_client(), "/v1/models/sum/predict", body)
+    splits = [r for r in caplog.records if "computing each input alone" in r.getMessage()]
+    failures = [r for r in caplog.records if r.exc_info and "raised RuntimeError" in r.getMessage()]
+    assert len(splits) == 1 and splits[0].exc_info is None  # one line, no traceback
+    assert len(failures) == 2  # each failing input, under its own error id
+    assert len({r.getMessage() for r in failures}) == 2
+    for record in failures:
+        text = logging.Formatter().formatException(record.exc_info)  # type: ignore[arg-type]
+        assert "During handling of the above exception" not in text
+
+
+def test_success_and_error_bodies_share_one_json_spacing(client: FlaskClient) -> None:
+    ok = client.get("/v1/models").get_data(as_text=True)
+    problem = post(client, "/v1/models/sum/predict", {"values": "x"}).get_data(as_text=True)
+    for text in (ok, problem):
+        assert '", "' not in text and '": ' not in text, text
+
+
+def test_gzip_bodies_are_accepted_within_the_limit(client: FlaskClient) -> None:
+    body = gzip.compress(json.dumps({"values": [1, 2]}).encode())
+    resp = client.post("/v1/models/sum/predict", data=body, content_type="application/json",
+                       headers={"Content-Encoding": "gzip"})
+    assert resp.status_code == 200 and resp.get_json()["total"] == 3
+    bomb = gzip.compress(b'{"values": [1], "pad": "' + b" " * 1_000_000 + b'"}')
+    assert len(bomb) < 4096  # small on the wire, 1 MB inflated; the limit here is 4096
+    assert_problem(client.post("/v1/models/sum/predict", data=bomb, content_type="application/json",
+                               headers={"Content-Encoding": "gzip"}), 413, "payload-too-large")
+    assert_problem(client.post("/v1/models/sum/predict", data=b"not gzip",
+                               content_type="application/json",
+                               headers={"Content-Encoding": "gzip"}), 400, "invalid-json")
+    problem = assert_problem(client.post("/v1/models/sum/predict", data=b"{}",
+                                         content_type="application/json",
+                                         headers={"Content-Encoding": "br"}),
+                             415, "unsupported-media-type")
+    assert "'br'" in problem["detail"]
+
+
+def test_openapi_examples_are_each_models_own() -> None:
+    settings = Settings()
+    doc = corral.Server([SumModel, EchoV1Model], title="Shop", version="2.3",
+                        description="Our models.").create_app(settings)
+    spec = doc.test_client().get("/openapi.json").get_json()
+    doc.extensions["corral.engine"].stop()
+    assert spec["info"] == {"title": "Shop", "version": "2.3", "description": "Our models."}
+
+    def examples(path: str, status: str) -> dict[str, Any]:
+        content = spec["paths"][path]["post"]["responses"][status]["content"]
+        return {k: v["value"] for k, v in content["application/problem+json"]["examples"].items()}
+
+    echo_422 = examples("/v1/models/echo/predict", "422")["validation-error"]
+    assert [e["loc"] for e in echo_422["errors"]] == [[0, "word"]]  # echo's own field
+    sum_422 = examples("/v1/models/sum/predict", "422")["validation-error"]
+    assert [e["loc"] for e in sum_422["errors"]] == [[0, "values"]]
+    overloaded = examples("/v1/models/sum/predict", "503")["overloaded"]
+    assert f"at most {SumModel.batching.max_queue};" in overloaded["detail"]  # type: ignore[union-attr]
+    for status, kind in (("500", "model-error"), ("503", "model-failed")):
+        assert "sum:1" in examples("/v1/models/sum/predict", status)[kind]["detail"]
+        assert "echo:1" in examples("/v1/models/echo/predict", status)[kind]["detail"]
 
 
 def test_invalid_output_is_500(client: FlaskClient) -> None:
@@ -254,9 +351,13 @@ def test_failed_load_is_503_model_failed(client: FlaskClient) -> None:
     assert "Retry-After" not in resp.headers
     info = client.get("/v1/models/broken-load").get_json()
     assert info["versions"][0]["state"] == "failed"
-    assert "OSError" in info["versions"][0]["error"]
-    assert "/secret/path" not in json.dumps(info)
-    assert client.get("/readyz").status_code == 200  # a permanently failed model does not block
+    # The exception's type and message, under an error id; never the traceback.
+    error = info["versions"][0]["error"]
+    assert error.startswith("load() raised OSError: weights file missing: /secret/path (error id ")
+    assert "Traceback" not in json.dumps(info) and "fixtures.py" not in json.dumps(info)
+    assert error.rsplit("error id ", 1)[1].rstrip(")") in resp.get_json()["detail"]
+    # Not ready while a declared model is failed, unless the settings say otherwise.
+    assert client.get("/readyz").status_code == 503
 
 
 def test_timeout_is_504_and_never_computed(app: Flask) -> None:
@@ -291,6 +392,25 @@ def test_full_queue_is_503_overloaded() -> None:
         app.extensions["corral.engine"].stop()
 
 
+def test_readiness_means_can_serve() -> None:
+    failed_only = corral.Server([BrokenLoadModel]).create_app(Settings())
+    tolerant = corral.Server([BrokenLoadModel, EchoV1Model]).create_app(
+        Settings(ready_with_failed_models=True))
+    try:
+        for app, expected in ((failed_only, 503), (tolerant, 200)):
+            client = app.test_client()
+            deadline = time.monotonic() + 20
+            while "loading" in {m["state"] for m in client.get("/readyz").get_json()["models"]}:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            ready = client.get("/readyz")
+            assert ready.status_code == expected, ready.get_json()
+            assert ready.get_json()["ready"] is (expected == 200)
+    finally:
+        for app in (failed_only, tolerant):
+            app.extensions["corral.engine"].stop()
+
+
 def test_loading_model_is_503_with_retry_after() -> None:
     SlowLoadModel.release.clear()
     app = corral.Server([SlowLoadModel, EchoV1Model]).create_app(Settings())
@@ -317,7 +437,7 @@ def test_loading_model_is_503_with_retry_after() -> None:
 def test_model_listing_and_detail(client: FlaskClient) -> None:
     listing = client.get("/v1/models").get_json()
     names = [m["name"] for m in listing["models"]]
-    assert names == ["bad-output", "broken-load", "echo", "sum"]
+    assert names == ["bad-output", "broken-load", "echo", "sum", "sum-items"]
     echo = client.get("/v1/models/echo").get_json()
     assert echo["default_version"] == "2"
     assert [v["version"] for v in echo["versions"]] == ["1", "2", "10"]

@@ -7,13 +7,14 @@ from flask import Flask, Response, redirect
 from ..config import Settings
 from ..engine import Engine
 from ..registry.catalog import Catalog
-from ..schema.openapi import build_openapi
+from ..schema.openapi import ApiInfo, build_openapi
 from .docs import install_docs
 from .problems import install_error_handlers
 from .routes import Routes
 
 
-def create_app(catalog: Catalog, engine: Engine, settings: Settings, title: str = "Corral") -> Flask:
+def create_app(catalog: Catalog, engine: Engine, settings: Settings,
+               info: ApiInfo = ApiInfo()) -> Flask:
     """A Flask app serving the catalog's models through the engine.
 
     The engine is started lazily on the first request, and again after a fork, so
@@ -25,7 +26,7 @@ def create_app(catalog: Catalog, engine: Engine, settings: Settings, title: str 
     app.url_map.strict_slashes = False  # "/v1/models/" is "/v1/models"
     install_error_handlers(app)
     Routes(catalog, engine, settings).register(app)
-    install_docs(app, build_openapi(catalog, settings, title))
+    install_docs(app, build_openapi(catalog, settings, info))
 
     @app.get("/")
     def index() -> Response:

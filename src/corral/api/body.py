@@ -1,6 +1,14 @@
-"""Reading a JSON request body within the configured limits."""
+"""Reading a JSON request body within the configured limits.
+
+A body may be sent gzip-compressed (``Content-Encoding: gzip``); it is decompressed
+within the same limit, so a small compressed body that inflates past it (a zip bomb)
+is a 413 without ever being held in memory whole. Any other encoding is a 415 that
+names it.
+"""
 
 from __future__ import annotations
+
+import zlib
 
 from flask import Request
 
@@ -23,7 +31,8 @@ def _read(request: Request, size: int) -> bytes:
 
 
 def read_json_body(request: Request, max_bytes: int) -> bytes:
-    """The raw body of a JSON request; 415 for another media type, 413 when too large."""
+    """The raw body of a JSON request; 415 for another media type or an encoding other
+    than gzip, 413 when too large (before or after decompression)."""
     mimetype = request.mimetype
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         _drain(request, _DRAIN_LIMIT)
@@ -31,6 +40,32 @@ def read_json_body(request: Request, max_bytes: int) -> bytes:
         raise UnsupportedMediaType(
             f"The body must be JSON sent with Content-Type: application/json; got {got}."
         )
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip"):
+        _drain(request, _DRAIN_LIMIT)
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported; send the body as is "
+            "(identity) or gzip-compressed (gzip)."
+        )
+    body = _read_limited(request, max_bytes)
+    return body if encoding == "identity" else _gunzip(body, max_bytes)
+
+
+def _gunzip(body: bytes, max_bytes: int) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip header and trailer
+    try:
+        data = inflater.decompress(body, max_bytes + 1)
+        if len(data) > max_bytes:
+            raise PayloadTooLarge(f"The gzip body inflates to over the limit of {max_bytes} "
+                                  "bytes.")
+        if not inflater.eof:
+            raise InvalidJSON("The gzip body is cut short.")
+    except zlib.error as exc:
+        raise InvalidJSON(f"The body is not valid gzip: {exc}.") from None
+    return data
+
+
+def _read_limited(request: Request, max_bytes: int) -> bytes:
     length = request.content_length
     if length is not None and length > max_bytes:
         _drain(request, _DRAIN_LIMIT)

@@ -8,6 +8,7 @@ with an error id, the traceback logged once here and never sent to the client.
 from __future__ import annotations
 
 import json
+from typing import Any
 import logging
 from http import HTTPStatus
 
@@ -22,13 +23,33 @@ logger = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 
 
-def problem_response(err: CorralError) -> Response:
+def compact_json(data: Any) -> str:
+    """Every JSON body Corral writes itself, success or problem: one spacing, no NaN."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)
+
+
+def problem_document(err: CorralError) -> dict[str, Any]:
+    """The RFC 9457 document of an error."""
     body = {"type": err.type, "title": err.title, "status": err.status, "detail": err.detail,
             **err.extra()}
     if err.errors is not None:
         body["errors"] = err.errors
-    return Response(json.dumps(body), status=status_line(err.status), mimetype=PROBLEM_JSON,
-                    headers=err.headers())
+    return body
+
+
+def at_item(err: CorralError, index: int) -> CorralError:
+    """An input's own error, as part of an array request: its index goes first in each
+    ``loc``, in ``item``, and in the detail."""
+    err.detail = f"Item {index}: {err.detail}"
+    err.item = index
+    if err.errors is not None:
+        err.errors = [{**e, "loc": [index, *e.get("loc", [])]} for e in err.errors]
+    return err
+
+
+def problem_response(err: CorralError) -> Response:
+    return Response(compact_json(problem_document(err)), status=status_line(err.status),
+                    mimetype=PROBLEM_JSON, headers=err.headers())
 
 
 def status_line(code: int) -> str:
@@ -51,7 +72,7 @@ def _from_http_exception(exc: HTTPException) -> CorralError | Response:
     # Any other HTTP error werkzeug raises: a plain problem of that status.
     body = {"type": "about:blank", "title": exc.name, "status": code,
             "detail": exc.description or exc.name}
-    return Response(json.dumps(body), status=status_line(code), mimetype=PROBLEM_JSON)
+    return Response(compact_json(body), status=status_line(code), mimetype=PROBLEM_JSON)
 
 
 def install_error_handlers(app: Flask) -> None:

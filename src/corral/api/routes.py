@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from typing import Any
@@ -26,7 +25,7 @@ from ..schema.api_types import (
 from ..schema.inputs import parse_json, validate_inputs
 from ..schema.openapi import MIN_REQUEST_TIMEOUT
 from .body import read_json_body
-from .problems import status_line
+from .problems import at_item, compact_json, problem_document, status_line
 
 TIMEOUT_HEADER = "X-Request-Timeout"
 # A plain decimal number, as in JSON (no "1_0", "0x10", "inf" or non-ASCII digits).
@@ -34,8 +33,7 @@ _SECONDS = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$")
 
 
 def _json_response(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data, separators=(",", ":"), allow_nan=False),
-                    status=status_line(status),
+    return Response(compact_json(data), status=status_line(status),
                     mimetype="application/json")
 
 
@@ -95,7 +93,19 @@ class Routes:
         except (RequestTimeout, ClientClosedRequest):
             handle.cancel()
             raise
-        body = b"[" + b",".join(outputs) + b"]" if is_batch else outputs[0]
+        if not is_batch:
+            if isinstance(outputs[0], CorralError):
+                raise outputs[0]
+            return Response(outputs[0], status=status_line(200), mimetype="application/json")
+        documents = []
+        for i, output in enumerate(outputs):
+            if isinstance(output, CorralError):
+                failed = at_item(output, i)
+                if not spec.per_item_errors:
+                    raise failed
+                output = compact_json(problem_document(failed)).encode()
+            documents.append(output)
+        body = b"[" + b",".join(documents) + b"]"
         return Response(body, status=status_line(200), mimetype="application/json")
 
     def _timeout(self, spec: ModelSpec) -> float:
@@ -168,7 +178,11 @@ class Routes:
             status = self.engine.status(spec.key)
             models.append(ModelReadiness(name=spec.name, version=spec.version,
                                          state=status.state, error=status.error))
-        ready = all(m.state != "loading" for m in models)
+        states = {m.state for m in models}
+        # Ready means "can serve": some model is ready, none is still loading, and a failed
+        # one counts against it unless the settings say otherwise. Unloaded ones do not count.
+        ready = ("ready" in states and "loading" not in states
+                 and ("failed" not in states or self.settings.ready_with_failed_models))
         report = Readiness(ready=ready, models=models)
         return _json_response(report.model_dump(mode="json", exclude_none=True),
                               200 if ready else 503)

@@ -76,15 +76,20 @@ def cli() -> None:
               help=_flag_help("log_level"))
 @click.option("--runtime-dir", help=_flag_help("runtime_dir"))
 @click.option("--dev", is_flag=True, help="Run the development server, models in-process.")
-def serve(app: str, dev: bool, **flags: Any) -> None:
+@click.option("--reload", is_flag=True,
+              help="With --dev: restart the server and its models when the app file or a "
+                   "module it imports changes.")
+def serve(app: str, dev: bool, reload: bool, **flags: Any) -> None:
     """Serve the models of APP (path/to/app.py, module:attr or path.py:attr)."""
+    if reload and not dev:
+        raise click.UsageError("--reload is for development: use it with --dev.")
     settings = build_settings(**flags)
     configure_logging(settings.log_level)
     server = _load(app, settings)
     from .serve import serve_dev, serve_supervised
 
     if dev:
-        serve_dev(server, settings)
+        serve_dev(app, server, settings, reload)
     else:
         serve_supervised(app, server, settings)
 
@@ -117,7 +122,7 @@ def openapi(app: str) -> None:
 
     settings = build_settings()
     server = _load(app, settings)
-    doc = build_openapi(server.catalog(settings), settings, server.title)
+    doc = build_openapi(server.catalog(settings), settings, server.info)
     click.echo(json.dumps(doc, indent=2))
 
 

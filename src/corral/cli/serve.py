@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -27,8 +29,12 @@ def serve_supervised(target: str, server: Server, settings: Settings, http: bool
     sys.exit(supervisor.run())
 
 
-def serve_dev(server: Server, settings: Settings) -> None:
-    """Flask's development server, threaded, models in this process."""
+def serve_dev(target: str, server: Server, settings: Settings, reload: bool = False) -> None:
+    """Flask's development server, threaded, models in this process.
+
+    With ``reload``, Werkzeug's reloader runs the server in a child process and starts
+    a new one (models loaded again) when the app file or any module it imported changes.
+    """
     from werkzeug.serving import run_simple
 
     from ..process.gunicorn import bind_address
@@ -37,6 +43,10 @@ def serve_dev(server: Server, settings: Settings) -> None:
 
     engine: Engine = InProcessEngine(server.catalog(settings), stall_grace=settings.stall_grace)
     app = server.create_app(settings, engine)
-    engine.start()
+    if not reload or os.environ.get("WERKZEUG_RUN_MAIN") == "true":
+        engine.start()  # not in the reloader's watching parent: only where it serves
     logger.info("development server on http://%s/docs (not for production)", bind_address(settings))
-    run_simple(settings.host, settings.port, app, threaded=True, use_reloader=False)
+    app_file = Path(target.partition(":")[0])
+    extra = [str(app_file.resolve())] if app_file.suffix == ".py" and app_file.exists() else []
+    run_simple(settings.host, settings.port, app, threaded=True, use_reloader=reload,
+               extra_files=extra)

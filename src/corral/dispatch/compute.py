@@ -1,8 +1,9 @@
 """Run one batch through a model instance, isolating poison inputs.
 
 Used wherever a replica computes, in-process or in a replica process. When a
-batch that holds several requests raises, each request is re-run on its own, so
-only the request that caused the failure gets the error.
+batch raises, its requests are re-run one at a time, and a request of several
+inputs one input at a time, so only the inputs that caused the failure get an
+error.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from ..registry.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-Outcome = list[bytes] | CorralError
+# One group's outcome: an output or an error per input, or one error for the whole group.
+Outcome = list[bytes | CorralError] | CorralError
 
 
 def predict_json(model: Model, spec: ModelSpec, inputs: list[BaseModel]) -> list[bytes]:
@@ -67,9 +69,12 @@ def _bad_output(spec: ModelSpec, what: str) -> ModelError:
 def as_client_error(spec: ModelSpec, exc: BaseException) -> CorralError:
     """What the client is told about an exception raised by a model.
 
-    InvalidInput and other CorralErrors pass through; anything else is logged with
-    its traceback under a new error id and becomes a ModelError carrying that id.
+    CorralErrors pass through (an InvalidInput without ``errors`` gets one entry with
+    its message); anything else is logged with its traceback under a new error id and
+    becomes a ModelError carrying that id.
     """
+    if isinstance(exc, InvalidInput) and exc.errors is None:
+        exc.errors = [{"loc": [], "msg": exc.detail, "type": "invalid_input"}]
     if isinstance(exc, CorralError):
         return exc
     error_id = new_error_id()
@@ -84,6 +89,16 @@ def as_client_error(spec: ModelSpec, exc: BaseException) -> CorralError:
     )
 
 
+def load_error(exc: BaseException, error_id: str) -> str:
+    """What ``GET /v1/models/{name}`` says of a failed load(): type and message, never the
+    traceback (that is in the server log under ``error_id``)."""
+    message = " ".join(str(exc).split())
+    if len(message) > 300:
+        message = message[:297] + "..."
+    what = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return f"load() raised {what} (error id {error_id})"
+
+
 def compute(
     model: Model,
     spec: ModelSpec,
@@ -92,35 +107,58 @@ def compute(
 ) -> list[Outcome]:
     """Compute several requests' inputs as one batch; one outcome per group.
 
-    ``groups`` holds each request's inputs, in batch order. ``run`` executes a
-    zero-argument call (in-process under gevent it moves the call to an OS thread).
+    ``groups`` holds each request's inputs, in batch order; each outcome holds one
+    output (JSON) or one error per input. When the batch raises, each request is run
+    alone; when a request of several inputs raises, each of its inputs is run alone.
+    So only the inputs that fail get an error, each logged once under its own id.
+    ``run`` executes a zero-argument call (in-process under gevent it moves the call
+    to an OS thread).
     """
     flat = [x for g in groups for x in g]
+    failure: BaseException | None = None
     try:
         outputs = run(lambda: predict_json(model, spec, flat))
     except BaseException as exc:  # the model's own code failed (even SystemExit): isolate it
-        if len(groups) == 1:
-            return [as_client_error(spec, exc)]
-        if not isinstance(exc, (InvalidInput, ModelError)):
-            logger.info("model %s: batch of %d requests raised; re-running one at a time",
-                        spec.key, len(groups))
+        failure = exc
+    # Outside the except block, so that one input's traceback is never chained to another's.
+    if failure is None:
+        result: list[Outcome] = []
+        start = 0
+        for g in groups:
+            result.append(list(outputs[start : start + len(g)]))
+            start += len(g)
+        return result
+    if len(flat) == 1:
+        return [[as_client_error(spec, failure)]]
+    if len(groups) > 1:
+        logger.info("model %s: a batch of %d inputs from %d requests raised %s; computing "
+                    "each request alone", spec.key, len(flat), len(groups),
+                    type(failure).__name__)
         return [compute(model, spec, [g], run)[0] for g in groups]
-    result: list[Outcome] = []
-    start = 0
-    for g in groups:
-        result.append(outputs[start : start + len(g)])
-        start += len(g)
-    return result
+    logger.info("model %s: a request of %d inputs raised %s; computing each input alone",
+                spec.key, len(flat), type(failure).__name__)
+    alone = [compute(model, spec, [[x]], run)[0] for x in flat]
+    return [[o if isinstance(o, CorralError) else o[0] for o in alone]]
 
 
 def outcome_frames(outcomes: list[Outcome]) -> tuple[list[dict[str, Any]], list[bytes]]:
-    """Outcomes as a Done message carries them: one meta entry per group, outputs flat."""
+    """Outcomes as a Done message carries them: one meta entry per group, outputs flat.
+
+    ``{"ok": n}`` when all n inputs of the group have an output (n frames follow);
+    ``{"items": [null | error, ...]}`` when some failed (a frame follows for each null);
+    ``{"error": {...}}`` when the whole group failed before computing.
+    """
     meta: list[dict[str, Any]] = []
     outputs: list[bytes] = []
     for outcome in outcomes:
-        if isinstance(outcome, list):
-            meta.append({"ok": len(outcome)})
-            outputs.extend(outcome)
-        else:
+        if isinstance(outcome, CorralError):
             meta.append({"error": outcome.to_dict()})
+            continue
+        good = [o for o in outcome if isinstance(o, bytes)]
+        outputs.extend(good)
+        if len(good) == len(outcome):
+            meta.append({"ok": len(good)})
+        else:
+            meta.append({"items": [None if isinstance(o, bytes) else o.to_dict()
+                                   for o in outcome]})
     return meta, outputs

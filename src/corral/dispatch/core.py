@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..batching.queue import Batch, BatchQueue, Clock, Lane, Ticket
 from ..errors import (
@@ -101,7 +102,8 @@ class _Request:
     id: int
     model: str
     outputs: list[bytes | None]
-    filled: int = 0
+    filled: int = 0  # inputs with an output or an error
+    errors: list[dict[str, Any]] = field(default_factory=list)  # inputs that failed alone
     finished: bool = False
 
 
@@ -150,6 +152,28 @@ class _Model:
         if len(failed) >= wanted:
             return ModelStatus("failed", 0, wanted, failed[0])
         return ModelStatus("loading", 0, wanted)
+
+
+def _fits(batch: Batch, msg: Done) -> bool:
+    """Whether a replica's Done has the shape of the batch it was given."""
+    if len(msg.outcomes) != len(batch.slices):
+        return False
+    frames = 0
+    for piece, outcome in zip(batch.slices, msg.outcomes):
+        size = piece.stop - piece.start
+        if "ok" in outcome:
+            if outcome["ok"] != size:
+                return False
+            frames += size
+        elif "items" in outcome:
+            items = outcome["items"]
+            if not isinstance(items, list) or len(items) != size or not all(
+                    e is None or isinstance(e, dict) for e in items):
+                return False
+            frames += sum(1 for e in items if e is None)
+        elif not isinstance(outcome.get("error"), dict):
+            return False
+    return frames == len(msg.outputs)
 
 
 class DispatchCore:
@@ -216,9 +240,12 @@ class DispatchCore:
         return len(self.models[key].queue)
 
     def stop(self) -> None:
-        """Refuse new requests and fail the queued ones (shutting down)."""
+        """Refuse new requests, fail the queued ones and release every replica (shutting
+        down): each is told to Stop once it holds no batch."""
         self.stopping = True
         for model in self.models.values():
+            for replica in list(model.replicas.values()):
+                self._release(model, replica)
             for ticket in model.queue.drain():
                 self._fail(ticket, Overloaded(f"Model {model.key} is shutting down; retry.",
                                               retry_after=1))
@@ -300,7 +327,7 @@ class DispatchCore:
             self._replica_model[peer] = model
         model.expected.pop(msg.replica, None)
         replica.state, replica.error = msg.state, msg.error
-        if msg.replica >= model.config.replicas:
+        if msg.replica >= model.config.replicas or self.stopping:
             self._release(model, replica)
             return None
         if msg.state == "ready":
@@ -332,11 +359,7 @@ class DispatchCore:
         self._dispatch(model)
 
     def _deliver(self, model: _Model, batch: Batch, msg: Done) -> None:
-        sizes = [piece.stop - piece.start for piece in batch.slices]
-        counts = [o.get("ok") for o in msg.outcomes]
-        if (len(counts) != len(sizes)
-                or any(c is not None and c != n for c, n in zip(counts, sizes))
-                or sum(c or 0 for c in counts) != len(msg.outputs)):
+        if not _fits(batch, msg):
             logger.error("model %s: a replica answered batch %d out of shape", model.key,
                          msg.batch)
             for piece in batch.slices:
@@ -346,19 +369,24 @@ class DispatchCore:
         outputs = iter(msg.outputs)
         for piece, outcome in zip(batch.slices, msg.outcomes):
             req: _Request = piece.ticket.context
-            if "ok" not in outcome:
-                self._fail(piece.ticket, error_from_dict(outcome.get("error") or {}))
+            if "error" in outcome:
+                self._fail(piece.ticket, error_from_dict(outcome["error"] or {}))
                 continue
-            values = [next(outputs) for _ in range(piece.stop - piece.start)]
+            items = outcome.get("items") or [None] * (piece.stop - piece.start)
+            for i, error in enumerate(items, start=piece.start):
+                if error is None:
+                    req.outputs[i] = next(outputs)
+                else:
+                    req.errors.append({**error, "item": i})
             if req.finished:
                 continue
-            req.outputs[piece.start : piece.stop] = values
-            req.filled += len(values)
+            req.filled += piece.stop - piece.start
             if req.filled == len(req.outputs):
                 req.finished = True
                 self.requests.pop((req.client, req.id), None)
-                self.effects.append(Send(req.client, Result(id=req.id,
-                                                            outputs=req.outputs)))  # type: ignore[arg-type]
+                self.effects.append(Send(req.client, Result(
+                    id=req.id, errors=req.errors,
+                    outputs=[o or b"" for o in req.outputs])))
 
     def replica_gone(self, peer: Peer, how: str) -> None:
         """A replica process exited (or was replaced): only the batch it held fails."""

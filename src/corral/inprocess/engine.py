@@ -28,15 +28,15 @@ from typing import Any, TypeVar
 
 from .. import metrics
 from ..batching.queue import Lane
-from ..dispatch.compute import compute, outcome_frames
-from ..dispatch.core import DispatchCore, Kill, ModelConfig, Send
+from ..dispatch.compute import compute, load_error, outcome_frames
+from ..dispatch.core import DispatchCore, Kill, ModelConfig
 from ..dispatch.devices import model_device
-from ..engine import Engine, Handle, Input, ModelStatus
+from ..engine import Engine, Handle, Input, ModelStatus, Outputs, outputs_of
 from ..errors import ModelNotFound, RequestTimeout, error_from_dict, new_error_id
 from ..green import gevent_patched
 from ..model import Model
 from ..registry.spec import ModelKey, ModelSpec
-from ..transport.protocol import Cancel, Done, Failure, Hello, Message, Result, Stop, Submit, Work
+from ..transport.protocol import Cancel, Done, Failure, Hello, Message, Result, Submit, Work
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +84,14 @@ class _Pending(Handle):
     def refused(self) -> bool:
         return isinstance(self._msg, Failure)
 
-    def result(self, timeout: float, client: socket.socket | None = None) -> list[bytes]:
+    def result(self, timeout: float, client: socket.socket | None = None) -> Outputs:
         # Threads in this process cannot watch the client cheaply: ``client`` is unused.
         if not self._done.wait(max(0.0, timeout)):
             raise RequestTimeout(f"Model {self._key} gave no result in time.")
         if isinstance(self._msg, Failure):
             raise error_from_dict(self._msg.error)
         assert isinstance(self._msg, Result)
-        return self._msg.outputs
+        return outputs_of(self._msg)
 
     def cancel(self) -> None:
         self._engine._cancel(self._rid)
@@ -143,11 +143,8 @@ class InProcessEngine(Engine):
             return
         with self._cond:
             self._stopping = True
-            self._core.stop()
+            self._core.stop()  # every replica thread is told to Stop
             self._flush()
-            for replicas in self._running.values():
-                for peer in replicas.values():
-                    peer.inbox.put(Stop())
             self._cond.notify_all()
 
     def _spec(self, key: ModelKey) -> ModelSpec:
@@ -267,10 +264,8 @@ class InProcessEngine(Engine):
                          spec.key, index, type(exc).__name__, error_id,
                          exc_info=(type(exc), exc, exc.__traceback__))
             with self._cond:
-                self._core.handle(peer, Hello(
-                    model=key, replica=index, pid=os.getpid(), state="failed",
-                    error=(f"load() raised {type(exc).__name__}; the server log has the "
-                           f"details under error id {error_id}.")))
+                self._core.handle(peer, Hello(model=key, replica=index, pid=os.getpid(),
+                                              state="failed", error=load_error(exc, error_id)))
                 self._flush()
             return None
         metrics.MODEL_LOAD.labels(spec.name).set(time.monotonic() - started)

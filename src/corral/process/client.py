@@ -19,7 +19,7 @@ import threading
 from typing import Any
 
 from ..batching.queue import Lane
-from ..engine import Engine, Handle, Input, ModelStatus
+from ..engine import Engine, Handle, Input, ModelStatus, Outputs, outputs_of
 from ..errors import (
     ClientClosedRequest,
     CorralError,
@@ -62,7 +62,7 @@ class _RemoteHandle(Handle):
     def __init__(self, channel: Channel, key: ModelKey, rid: int) -> None:
         self.channel, self.key, self.rid = channel, key, rid
 
-    def result(self, timeout: float, client: socket.socket | None = None) -> list[bytes]:
+    def result(self, timeout: float, client: socket.socket | None = None) -> Outputs:
         try:
             msg = self.channel.wait(self.rid, timeout, client)
         except ClientGone:
@@ -78,7 +78,7 @@ class _RemoteHandle(Handle):
             raise error_from_dict(msg.error)
         if not isinstance(msg, Result):
             raise WorkerCrashed(f"The dispatcher of model {self.key} answered out of protocol.")
-        return msg.outputs
+        return outputs_of(msg)
 
     def cancel(self) -> None:
         try:

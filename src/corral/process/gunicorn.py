@@ -7,7 +7,6 @@ encodes, and never loads a model.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ from gunicorn.app.base import BaseApplication
 
 from .. import metrics
 from ..discover import load_server, warn_heavy_imports
+from ..api.problems import compact_json
 from ..config import Settings
 from ..engine import Engine
 from ..log import configure_logging
@@ -56,7 +56,7 @@ def _write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
     """Gunicorn's own error answers (414, 431, bad headers...) as problem+json, not HTML."""
     problem = {"type": "internal-error" if status_int >= 500 else "about:blank",
                "title": reason, "status": status_int, "detail": mesg or reason}
-    body = json.dumps(problem).encode()
+    body = compact_json(problem).encode()
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
             f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n\r\n")
     gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from .. import metrics
 from ..discover import load_server
-from ..dispatch.compute import Outcome, compute, outcome_frames
+from ..dispatch.compute import Outcome, compute, load_error, outcome_frames
 from ..dispatch.devices import model_device
 from ..errors import InvalidInput, new_error_id
 from ..log import configure_logging
@@ -126,8 +126,8 @@ def main(argv: list[str]) -> int:
                      exc_info=exc)
         final = attempt >= MAX_LOAD_ATTEMPTS
         hello.state = "failed" if final else "loading"
-        hello.error = (f"load() raised {type(exc).__name__}; the server log has the details "
-                       f"under error id {error_id}.")
+        hello.error = load_error(exc, error_id)
+        runtime.load_error_file(key, replica).write_text(hello.error)  # for the supervisor
         sock.send_multipart(encode(hello))
         sock.close()  # lingers up to 2 s so the dispatcher hears it
         ctx.term()

@@ -206,6 +206,10 @@ class Runtime:
         """Exists while replica ``index`` of ``key`` lives and has loaded."""
         return self.path / "ready" / f"{key}.{index}"
 
+    def load_error_file(self, key: str, index: int) -> Path:
+        """What replica ``index`` of ``key`` said when its latest load() failed."""
+        return self.path / "ready" / f"{key}.{index}.error"
+
     def ready_replicas(self, key: str) -> list[int]:
         found = []
         for path in (self.path / "ready").glob(f"{key}.*"):

@@ -97,7 +97,7 @@ class Supervisor:
         self.runtime.write_models(list(self.models.values()))
         self.children: list[Child] = []
         self._stopping = False
-        self._failed_start = False
+        self._exit_code = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -153,7 +153,7 @@ class Supervisor:
             self._dispatcher.close()
             self._ctx.term()
             self.runtime.remove()
-        return 1 if self._failed_start else 0
+        return self._exit_code
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: terminal closed
@@ -205,8 +205,7 @@ class Supervisor:
         if child.kind == "http" and child.starts == 1 and ran < _STABLE_AFTER:
             # Gunicorn could not start (port in use, bad address): nothing to serve.
             logger.error("Gunicorn %s during start-up; stopping (see its message above)", how)
-            self._failed_start = True
-            self._stopping = True
+            self._exit_code, self._stopping = 1, True
             return
         if child.kind == "replica":
             if loaded:
@@ -216,9 +215,16 @@ class Supervisor:
                 logger.error("%s: load() failed %d times; the model is marked failed",
                              child.label, child.load_attempt)
                 entry = self.models[child.model]
-                entry.failed[child.index] = (f"load() failed {child.load_attempt} times; see "
+                error = self.runtime.load_error_file(child.model, child.index)
+                entry.failed[child.index] = (error.read_text() if error.exists() else
+                                             f"load() failed {child.load_attempt} times; see "
                                              "the server log.")
                 self.runtime.write_models(list(self.models.values()))
+                if self.settings.exit_when_all_failed and all(
+                        m.replicas and len(m.failed) >= m.replicas for m in self.models.values()):
+                    logger.error("every model failed to load; stopping with exit code 1 "
+                                 "(CORRAL_EXIT_WHEN_ALL_FAILED)")
+                    self._exit_code, self._stopping = 1, True
                 return  # restart_at stays None
             else:
                 child.load_attempt += 1

@@ -43,6 +43,7 @@ class ModelSpec:
     default: bool
     description: str
     devices: tuple[str, ...] = ()
+    per_item_errors: bool = False
 
     def device_for(self, replica: int) -> str | None:
         """The device replica ``replica`` runs on, or None when the model names none."""
@@ -123,6 +124,7 @@ def build_spec(cls: type[Model], settings: Settings) -> ModelSpec:
         # The class's own docstring only: never corral.Model's, nor a base class's.
         description=inspect.cleandoc(cls.__dict__.get("__doc__") or ""),
         devices=devices,
+        per_item_errors=bool(cls.per_item_errors),
     )
 
 

@@ -84,3 +84,5 @@ class Problem(BaseModel):
     errors: list[ErrorItem] | None = Field(None, description="Each invalid field (422 only).")
     error_id: str | None = Field(None, description="Where to look in the server log (500 only).")
     retry_after: int | None = Field(None, description="Seconds to wait before retrying (503).")
+    item: int | None = Field(None, description="In an array request, the index of the input "
+                             "this error concerns.")

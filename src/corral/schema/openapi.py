@@ -8,6 +8,7 @@ input and output schemas and examples.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -15,7 +16,9 @@ from pydantic.json_schema import models_json_schema
 
 from ..config import Settings
 from ..registry.catalog import Catalog
+from ..errors import InvalidInput
 from ..registry.spec import ModelSpec
+from .inputs import validate_inputs
 from .api_types import Health, ModelInfo, ModelList, Problem, Readiness
 
 REF = "#/components/schemas/{model}"
@@ -27,7 +30,8 @@ _PROBLEMS: dict[int, tuple[str, list[str]]] = {
     404: ("No such model or version; the detail lists the known ones.",
           ["model-not-found", "version-not-found", "not-found"]),
     413: ("The body is larger than the server accepts.", ["payload-too-large"]),
-    415: ("The body is not sent as application/json.", ["unsupported-media-type"]),
+    415: ("The body is not sent as application/json, or with a Content-Encoding other than "
+          "gzip.", ["unsupported-media-type"]),
     422: ("The input does not match the model's input schema; `errors` names each field.",
           ["validation-error"]),
     500: ("The model raised (or the server failed); `error_id` finds the traceback in the "
@@ -41,7 +45,23 @@ _PROBLEMS: dict[int, tuple[str, list[str]]] = {
 _PREDICT_STATUSES = (400, 413, 415, 422, 500, 502, 503, 504)
 
 
-def build_openapi(catalog: Catalog, settings: Settings, title: str = "Corral") -> dict[str, Any]:
+@dataclass(frozen=True)
+class ApiInfo:
+    """What the document says of the API as a whole (``corral.Server(title=..., ...)``)."""
+
+    title: str = "Corral"
+    version: str = "v1"
+    description: str | None = None
+
+
+_DEFAULT_DESCRIPTION = (
+    "Models served by Corral. Every error is `application/problem+json` "
+    "(RFC 9457) with a stable `type`; validation errors list each field in `errors`."
+)
+
+
+def build_openapi(catalog: Catalog, settings: Settings,
+                  info: ApiInfo = ApiInfo()) -> dict[str, Any]:
     """The whole document, as a JSON-ready dict."""
     io_types: list[tuple[type[BaseModel], Any]] = []
     for spec in catalog:
@@ -69,8 +89,9 @@ def build_openapi(catalog: Catalog, settings: Settings, title: str = "Corral") -
             {200: _json("Alive.", ref(Health, "serialization"))})},
         "/readyz": {"get": _operation(
             "Readiness",
-            "200 when every model that has not permanently failed is ready; 503 otherwise. "
-            "The body lists each model's state.", "health",
+            "200 when the server can serve: some model is ready, none is still loading, and "
+            "none has failed to load (unless CORRAL_READY_WITH_FAILED_MODELS is set); unloaded "
+            "models do not count. 503 otherwise. The body lists each model's state.", "health",
             {200: _json("Ready.", ref(Readiness, "serialization")),
              503: _json("Not ready yet.", ref(Readiness, "serialization"))})},
         "/metrics": {"get": _operation(
@@ -100,12 +121,9 @@ def build_openapi(catalog: Catalog, settings: Settings, title: str = "Corral") -
     return {
         "openapi": "3.1.0",
         "info": {
-            "title": title,
-            "version": "v1",
-            "description": (
-                "Models served by Corral. Every error is `application/problem+json` "
-                "(RFC 9457) with a stable `type`; validation errors list each field in `errors`."
-            ),
+            "title": info.title,
+            "version": info.version,
+            "description": info.description or _DEFAULT_DESCRIPTION,
         },
         "tags": [{"name": n, "description": catalog.resolve(n).description or f"Model {n}."}
                  for n in catalog.names()]
@@ -159,11 +177,13 @@ _EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _problem(status: int) -> dict[str, Any]:
+def _problem(status: int,
+             known: dict[str, tuple[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
     description, types = _PROBLEMS[status]
+    known = known or _EXAMPLES
     examples = {
-        t: {"summary": t, "value": {"type": t, "title": _EXAMPLES[t][0], "status": status,
-                                    **_EXAMPLES[t][1]}}
+        t: {"summary": t, "value": {"type": t, "title": known[t][0], "status": status,
+                                    **known[t][1]}}
         for t in types
     }
     return {
@@ -200,16 +220,24 @@ def _predict_operation(spec: ModelSpec, settings: Settings, input_ref: dict[str,
             "one": {"summary": "One input", "value": example},
             "batch": {"summary": "Several inputs", "value": [example, example]},
         }
+    item: dict[str, Any] = output_ref
+    per_item = ""
+    if spec.per_item_errors:
+        item = {"anyOf": [output_ref, {"$ref": REF.format(model="Problem")}]}
+        per_item = (" An input that fails alone has its problem document in its place in the "
+                    "array (this model returns per-item errors).")
     responses: dict[str, Any] = {
         "200": _json(
-            "One output for an object body; an array of outputs, in order, for an array body.",
-            {"oneOf": [output_ref, {"type": "array", "items": output_ref}]}),
+            "One output for an object body; an array of outputs, in order, for an array body."
+            + per_item, {"oneOf": [output_ref, {"type": "array", "items": item}]}),
     }
-    responses.update({str(s): _problem(s) for s in _PREDICT_STATUSES})
+    known = {**_EXAMPLES, **_model_examples(spec, settings)}
+    responses.update({str(s): _problem(s, known) for s in _PREDICT_STATUSES})
     return {
         "description": (
             f"{spec.description}\n\nSend one input object, or an array of up to "
-            f"{min(settings.max_items, b.max_queue)} inputs (validated all or nothing). Batching: up to "
+            f"{min(settings.max_items, b.max_queue)} inputs (validated all or nothing), as JSON, "
+            "optionally gzip-compressed (`Content-Encoding: gzip`). Batching: up to "
             f"{b.max_size} inputs per call, waiting at most {b.max_wait_ms:g} ms for a batch "
             f"to fill; queue bound {b.max_queue}; timeout {b.timeout:g} s."
         ).strip(),
@@ -223,6 +251,41 @@ def _predict_operation(spec: ModelSpec, settings: Settings, input_ref: dict[str,
         "requestBody": {"required": True, "content": {"application/json": media}},
         "responses": responses,
     }
+
+
+def _model_examples(spec: ModelSpec, settings: Settings) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Problem examples of one predict operation, with the model's own name, limits and
+    fields: the validation error is what Corral answers to an array of one empty object."""
+    key, b = spec.key, spec.batching
+    examples: dict[str, tuple[str, dict[str, Any]]] = {
+        "payload-too-large": ("Payload too large", {
+            "detail": f"The body is {2 * settings.max_body_bytes} bytes; the limit is "
+                      f"{settings.max_body_bytes} bytes."}),
+        "model-error": ("Model error", {
+            "detail": f"Model {key} failed on this input; the server log has the details "
+                      "under error id 3f2a9c1e0b7d4a65.", "error_id": "3f2a9c1e0b7d4a65"}),
+        "worker-crashed": ("Model worker crashed", {
+            "detail": f"The replica computing this request for model {key} died (pid 4242). "
+                      "Other requests are unaffected; this input may be the cause."}),
+        "overloaded": ("Model overloaded", {
+            "detail": f"The queue holds {b.max_queue} inputs and admits at most {b.max_queue}; "
+                      "retry later.", "retry_after": 1}),
+        "model-loading": ("Model loading", {
+            "detail": f"Model {key} is still loading; retry shortly.", "retry_after": 2}),
+        "model-failed": ("Model failed", {
+            "detail": f"Model {key} failed to load: load() raised OSError: weights file not "
+                      "found (error id 5d0c2b7e9a114f38)."}),
+        "model-unloaded": ("Model unloaded", {
+            "detail": f"Model {key} is unloaded; an administrator can load it."}),
+        "timeout": ("Request timed out", {
+            "detail": f"Model {key} did not start this request before its deadline."}),
+    }
+    try:
+        validate_inputs(spec.input_type, b"[{}]", [{}], 1)
+    except InvalidInput as exc:
+        examples["validation-error"] = ("Validation error",
+                                        {"detail": exc.detail, "errors": exc.errors})
+    return examples
 
 
 def _example(schemas: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any] | None:

@@ -76,11 +76,16 @@ class Cancel(Message):
 
 @dataclass
 class Result(Message):
-    """One output (a JSON document) per input of request ``id``, in order."""
+    """One output (a JSON document) per input of request ``id``, in order.
+
+    ``errors`` lists the inputs that failed alone (``{"item": i, **error}``); their
+    output frames are empty.
+    """
 
     TYPE = 4
     PAYLOAD = "outputs"
     id: int
+    errors: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[bytes] = field(default_factory=list)
 
 
@@ -118,7 +123,9 @@ class Work(Message):
 
 @dataclass
 class Done(Message):
-    """Outcome of a batch, one per group: ``{"ok": n}`` (n outputs follow) or ``{"error": {...}}``."""
+    """Outcome of a batch, one per group: ``{"ok": n}`` (n outputs follow), ``{"items": [...]}``
+    (null for each input with an output, in order, an error for each without) or
+    ``{"error": {...}}`` (the whole group failed)."""
 
     TYPE = 9
     PAYLOAD = "outputs"
