@@ -7,8 +7,9 @@ from tests.fixtures import (
     EchoV2Model,
     EchoV10Model,
     SlowLoadModel,
+    SumItemsModel,
     SumModel,
 )
 
-app = corral.Server([SumModel, EchoV1Model, EchoV2Model, EchoV10Model, BrokenLoadModel,
-                     SlowLoadModel])
+app = corral.Server([SumModel, SumItemsModel, EchoV1Model, EchoV2Model, EchoV10Model,
+                     BrokenLoadModel, SlowLoadModel])

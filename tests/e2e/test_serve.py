@@ -238,3 +238,54 @@ def test_serve_help_lists_every_setting(tmp_path: Path) -> None:
         assert f"CORRAL_MODELS__<NAME>__{name.upper()}" in result.stdout
     assert "[default: 32" in result.stdout  # threads
 
+
+
+def test_failed_inputs_of_an_array_are_named_in_process_mode_too(serve: Serve) -> None:
+    server = serve(BASIC, env={"SLOW_LOAD_SECONDS": "0"})
+    body = [{"values": [1]}, {"values": [2], "poison": True}, {"values": [3]}]
+    whole = post(server, "/v1/models/sum/predict", body)
+    assert whole.status_code == 500 and whole.json()["item"] == 1
+    per_item = post(server, "/v1/models/sum-items/predict", body)
+    assert per_item.status_code == 200
+    first, poisoned, last = per_item.json()
+    assert (first["total"], last["total"]) == (1, 3)
+    assert poisoned["type"] == "model-error" and poisoned["item"] == 1
+    assert poisoned["error_id"] in server.log()
+    info = requests.get(server.url + "/v1/models/broken-load", timeout=10).json()
+    error = info["versions"][0]["error"]
+    assert error.startswith("load() raised OSError: weights file missing: /secret/path")
+    assert "Traceback" not in error
+
+
+def test_dev_reload_restarts_the_models_when_the_app_changes(serve: Serve,
+                                                             tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    source = (ROOT / "tests" / "apps" / "reloadable.py").read_text()
+    app.write_text(source.replace("GREETING", "one"))
+    server = serve(str(app), "--dev", "--reload")
+    assert post(server, "/v1/models/greeter/predict", {"word": "x"}).json() == {"upper": "one"}
+    time.sleep(1.1)  # a new modification time, whatever the file system's resolution
+    app.write_text(source.replace("GREETING", "two"))
+
+    def reloaded() -> bool:
+        try:
+            return post(server, "/v1/models/greeter/predict", {"word": "x"}).json() == {
+                "upper": "two"}
+        except (requests.RequestException, ValueError):
+            return False  # between the old server and the new one
+
+    wait_until(reloaded, 30, "the server to reload the changed app")
+    refused = run_cli("serve", str(app), "--reload", cwd=tmp_path)
+    assert refused.returncode != 0 and "--reload is for development" in refused.stderr
+
+
+def test_a_server_whose_every_model_failed_can_exit(tmp_path: Path) -> None:
+    app = tmp_path / "broken.py"
+    app.write_text("import corral\nfrom tests.fixtures import BrokenLoadModel\n"
+                   "app = corral.Server([BrokenLoadModel])\n")
+    proc = subprocess.run([*CORRAL, "serve", str(app), "--port", str(free_port())],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT),
+                               "CORRAL_EXIT_WHEN_ALL_FAILED": "1"})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "every model failed to load" in proc.stderr
