@@ -102,7 +102,10 @@ class EchoV10Model(corral.Model):
 class BrokenLoadModel(corral.Model):
     """load() always raises."""
 
+    attempts = 0  # in-process: how many times load() ran
+
     def load(self) -> None:
+        type(self).attempts += 1
         raise OSError("weights file missing: /secret/path")
 
     def predict(self, batch: list[Word]) -> list[Upper]:

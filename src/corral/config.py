@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     exit_when_all_failed: bool = Field(
         False, description="Stop corral serve with exit code 1 when every model has failed to "
         "load, so that an orchestrator restarts it.",
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token of the admin API (load, unload, replicas); the admin "
+        "API is off while unset.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the corral.* loggers."

@@ -56,6 +56,25 @@ class InvalidJSON(CorralError):
     title = "Body is not valid JSON"
 
 
+class Unauthorized(CorralError):
+    """An admin endpoint was called without a bearer token."""
+
+    status = 401
+    type = "unauthorized"
+    title = "Unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="corral-admin"'}
+
+
+class Forbidden(CorralError):
+    """An admin endpoint was called with a token that is not the configured one."""
+
+    status = 403
+    type = "forbidden"
+    title = "Forbidden"
+
+
 class NotFound(CorralError):
     """No route matches the path."""
 
@@ -236,7 +255,8 @@ def new_error_id() -> str:
 _BY_TYPE: dict[str, type[CorralError]] = {
     cls.type: cls
     for cls in (
-        InvalidJSON, NotFound, ModelNotFound, VersionNotFound, MethodNotAllowed,
+        InvalidJSON, Unauthorized, Forbidden, NotFound, ModelNotFound, VersionNotFound,
+        MethodNotAllowed,
         PayloadTooLarge, UnsupportedMediaType, InvalidInput, ModelError, InternalError,
         WorkerCrashed, ClientClosedRequest, Overloaded, ModelLoading, ModelFailed,
         ModelUnloaded, RequestTimeout,

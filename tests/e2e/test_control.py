@@ -22,7 +22,7 @@ from corral.errors import InvalidInput, ModelNotFound
 from corral.process.client import DispatcherEngine
 from corral.process.runtime import Runtime
 from corral.registry.spec import ModelKey
-from tests.conftest import CORRAL, ROOT, ServerProcess, settled
+from tests.conftest import APPS, CORRAL, ROOT, ServerProcess, settled
 from tests.e2e.test_workers import (
     BASIC,
     FAST_LOAD,
@@ -292,3 +292,67 @@ def test_model_states_are_answered_without_asking_the_dispatcher(serve: Serve) -
     assert settled(ready.json())
     states = {m["name"]: m["versions"][0]["state"] for m in models.json()["models"]}
     assert states["sum"] == "ready" and states["broken-load"] == "failed"
+
+
+# -- found in review: each failed before its fix ----------------------------------------
+
+
+def test_scaling_down_then_up_at_once_fails_no_request(
+        serve: Serve, control: Callable[[Path], DispatcherEngine], tmp_path: Path) -> None:
+    run_dir, record = tmp_path / "run", tmp_path / "computed.txt"
+    server = serve(BASIC, "--runtime-dir", str(run_dir),
+                   env={**FAST_LOAD, "SUM_RECORD_FILE": str(record)})
+    engine = control(run_dir)
+    engine.set_replicas(SUM, 2)
+    wait_until(lambda: version_info(server, "sum")["replicas_ready"] == 2, 60, "two replicas")
+    with ThreadPoolExecutor(2) as pool:  # both replicas busy for 3 s
+        futures = []
+        for value in (91, 92):
+            futures.append(pool.submit(post, server, "/v1/models/sum/predict",
+                                       {"values": [value], "delay": 3}))
+            computing(record, value)
+        engine.set_replicas(SUM, 1)  # slot 1 leaves after its batch...
+        engine.set_replicas(SUM, 2)  # ...and is wanted again before it has left
+        answers = [f.result() for f in futures]
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    wait_until(lambda: version_info(server, "sum")["replicas_ready"] == 2
+               and len(model_procs(server, "replica", "sum")) == 2, 60,
+               "slot 1 to be served again by one process")
+    for i in range(6):
+        assert post(server, "/v1/models/sum/predict", {"values": [i]}).status_code == 200
+    assert "was replaced" not in server.log()
+
+
+def test_a_busy_replica_found_by_a_new_dispatcher_is_watched(serve: Serve,
+                                                             tmp_path: Path) -> None:
+    record = tmp_path / "computed.txt"
+    server = serve(BASIC, env={**FAST_LOAD, "SUM_RECORD_FILE": str(record)})
+    (replica,) = model_procs(server, "replica", "sum")
+    first = threading.Thread(target=post, args=(server, "/v1/models/sum/predict",
+                                                {"values": [95], "delay": 3}))
+    first.start()
+    computing(record, 95)
+    (dispatcher,) = dispatchers(server)
+    os.kill(dispatcher.pid, signal.SIGKILL)  # the replica is busy: it says Done, not Hello
+    wait_until(lambda: [p.pid for p in dispatchers(server)] not in ([], [dispatcher.pid]), 30,
+               "a new dispatcher")
+    first.join(30)
+    result: dict[str, requests.Response] = {}
+    second = threading.Thread(target=lambda: result.setdefault("r", post(
+        server, "/v1/models/sum/predict", {"values": [96], "delay": 8})))
+    second.start()
+    computing(record, 96)
+    killed_at = time.monotonic()
+    os.kill(replica.pid, signal.SIGKILL)
+    second.join(30)
+    assert result["r"].status_code == 502, result["r"].text  # seen at once, not a 504 later
+    assert time.monotonic() - killed_at < 5
+
+
+def test_a_model_whose_replica_dies_while_loading_is_marked_failed(serve: Serve) -> None:
+    server = serve(str(APPS / "dying.py"), ready_path="/healthz")
+    wait_until(lambda: version_info(server, "dying-load")["state"] == "failed", 90,
+               "the model to be marked failed after three deaths")
+    resp = post(server, "/v1/models/dying-load/predict", {"word": "a"})
+    assert resp.status_code == 503 and resp.json()["type"] == "model-failed"
+    assert post(server, "/v1/models/echo/predict", {"word": "a"}).status_code == 200

@@ -621,3 +621,64 @@ def test_corral_wsgi_application_serves_corral_app(monkeypatch: pytest.MonkeyPat
     finally:
         wsgi.application.extensions["corral.engine"].stop()
         sys.modules.pop("corral.wsgi", None)
+
+
+# -- admin API -------------------------------------------------------------------------
+
+
+def test_admin_api_is_off_without_a_token(client: FlaskClient) -> None:
+    assert_problem(client.post("/v1/models/sum/unload"), 404, "not-found")
+    spec = client.get("/openapi.json").get_json()
+    assert not any(p.endswith("/unload") for p in spec["paths"])
+
+
+def test_admin_api_loads_unloads_and_scales_with_the_token() -> None:
+    app = make_app(SumModel, BrokenLoadModel, admin_token="s3cret")
+    client = app.test_client()
+    auth = {"Authorization": "Bearer s3cret"}
+    try:
+        no_token = assert_problem(client.post("/v1/models/sum/unload"), 401, "unauthorized")
+        assert "Bearer" in no_token["detail"]
+        assert client.post("/v1/models/sum/unload").headers["WWW-Authenticate"].startswith(
+            "Bearer")
+        assert_problem(client.post("/v1/models/sum/unload",
+                                   headers={"Authorization": "Bearer nope"}), 403, "forbidden")
+        assert_problem(client.post("/v1/models/nope/unload", headers=auth), 404,
+                       "model-not-found")
+
+        resp = client.post("/v1/models/sum/unload", headers=auth)
+        assert resp.status_code == 202 and resp.get_json()["state"] == "unloaded"
+        assert_problem(post(client, "/v1/models/sum/predict", {"values": [1]}), 503,
+                       "model-unloaded")
+        resp = client.post("/v1/models/sum/versions/1/load", headers=auth)
+        assert resp.status_code == 202 and resp.get_json()["replicas"] == 1
+        wait_ready(client)
+        assert post(client, "/v1/models/sum/predict", {"values": [1]}).status_code == 200
+
+        resp = client.put("/v1/models/sum/replicas", json={"replicas": 3}, headers=auth)
+        assert resp.status_code == 202 and resp.get_json()["replicas"] == 3
+        deadline = time.monotonic() + 20
+        while client.get("/v1/models/sum").get_json()["versions"][0]["replicas_ready"] != 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        for bad in ({"replicas": -1}, {"replicas": 65}, {"replicas": "2"}, {"n": 2}, [2]):
+            assert_problem(client.put("/v1/models/sum/replicas", json=bad, headers=auth), 422,
+                           "validation-error")
+        assert_problem(client.put("/v1/models/sum/replicas", data=b"{", headers=auth,
+                                  content_type="application/json"), 400, "invalid-json")
+
+        # A failed model is loaded again: load() runs again (and fails again).
+        attempts = BrokenLoadModel.attempts
+        assert client.post("/v1/models/broken-load/load", headers=auth).status_code == 202
+        deadline = time.monotonic() + 20
+        while BrokenLoadModel.attempts == attempts:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+        spec = client.get("/openapi.json").get_json()
+        op = spec["paths"]["/v1/models/sum/replicas"]["put"]
+        assert op["security"] == [{"adminToken": []}]
+        assert spec["components"]["securitySchemes"]["adminToken"]["scheme"] == "bearer"
+        assert {"202", "401", "403", "422"} <= set(op["responses"])
+    finally:
+        app.extensions["corral.engine"].stop()

@@ -488,7 +488,11 @@ def test_restarted_core_queues_for_expected_replicas_during_hello_grace() -> Non
 def test_restarted_core_refuses_as_loading_after_hello_grace() -> None:
     core, clock = make()
     core.expect(KEY, [0], {})
-    clock.advance(HELLO_GRACE)
+    # A busy replica has until the end of its batch (timeout + stall grace) to say so.
+    clock.advance(BATCHING.timeout + core.stall_grace + HELLO_GRACE - 0.01)
+    assert core.status(KEY).state == "ready"
+    clock.advance(0.01)
+    assert core.status(KEY).state == "loading"
     assert error_types(submit(core, clock, 1)) == {1: "model-loading"}
 
 

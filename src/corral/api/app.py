@@ -26,6 +26,10 @@ def create_app(catalog: Catalog, engine: Engine, settings: Settings,
     app.url_map.strict_slashes = False  # "/v1/models/" is "/v1/models"
     install_error_handlers(app)
     Routes(catalog, engine, settings).register(app)
+    if settings.admin_token is not None:
+        from .admin import Admin
+
+        Admin(catalog, engine, settings).register(app)
     install_docs(app, build_openapi(catalog, settings, info))
 
     @app.get("/")

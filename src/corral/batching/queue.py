@@ -53,6 +53,7 @@ class Ticket:
     enqueued_at: float = 0.0
     # Index of the next input not yet handed out in a batch.
     next_index: int = 0
+    queued: bool = False  # in a lane now (so discarding a ticket that is not costs nothing)
     # The owner's own record of the request (where results go).
     context: Any = None
 
@@ -122,30 +123,43 @@ class BatchQueue:
                 retry_after=1,
             )
         ticket.enqueued_at = self.clock()
+        ticket.queued = True
         self._lanes[ticket.lane].append(ticket)
         self._waiting[ticket.lane] += n
 
     def discard(self, ticket: Ticket) -> None:
         """Remove a cancelled or finished ticket's waiting inputs."""
-        lane = self._lanes[ticket.lane]
-        if ticket in lane:
-            lane.remove(ticket)
+        if ticket.queued:
+            ticket.queued = False
+            self._lanes[ticket.lane].remove(ticket)
             self._waiting[ticket.lane] -= ticket.remaining
 
     def drain(self) -> list[Ticket]:
         """Remove and return every waiting ticket (on shutdown or when the model fails)."""
         tickets = list(self._tickets())
+        for ticket in tickets:
+            ticket.queued = False
         for lane in self._lanes.values():
             lane.clear()
         self._waiting = {"live": 0, "background": 0}
         return tickets
 
     def pop_expired(self) -> list[Ticket]:
-        """Remove and return every waiting ticket whose deadline has passed."""
+        """Remove and return every waiting ticket whose deadline has passed (one pass)."""
         now = self.clock()
-        expired = [t for t in self._tickets() if t.deadline <= now]
-        for t in expired:
-            self.discard(t)
+        expired: list[Ticket] = []
+        for name, lane in self._lanes.items():
+            if not any(t.deadline <= now for t in lane):
+                continue
+            kept: deque[Ticket] = deque()
+            for t in lane:
+                if t.deadline <= now:
+                    t.queued = False
+                    self._waiting[name] -= t.remaining
+                    expired.append(t)
+                else:
+                    kept.append(t)
+            self._lanes[name] = kept
         return expired
 
     def _oldest(self) -> float | None:
@@ -203,4 +217,5 @@ class BatchQueue:
             room -= n
             if ticket.remaining == 0:
                 self._lanes[lane].popleft()
+                ticket.queued = False
         return batch

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from ..errors import CorralError, InvalidInput, ModelError, new_error_id
 from ..model import Model
 from ..registry.spec import ModelSpec
+from ..transport.protocol import Work
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,16 @@ def compute(
                 spec.key, len(flat), type(failure).__name__)
     alone = [compute(model, spec, [[x]], run)[0] for x in flat]
     return [[o if isinstance(o, CorralError) else o[0] for o in alone]]
+
+
+def split_groups(work: Work) -> list[list[Any]]:
+    """A Work message's inputs, one list per request, in batch order."""
+    groups: list[list[Any]] = []
+    start = 0
+    for n in work.groups:
+        groups.append(work.inputs[start : start + n])
+        start += n
+    return groups
 
 
 def outcome_frames(outcomes: list[Outcome]) -> tuple[list[dict[str, Any]], list[bytes]]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -36,8 +37,8 @@ from ..batching.queue import Batch, BatchQueue, Clock, Lane, Ticket
 from ..errors import (
     CorralError,
     InternalError,
+    InvalidInput,
     ModelFailed,
-    ModelLoading,
     ModelNotFound,
     ModelUnloaded,
     Overloaded,
@@ -63,8 +64,9 @@ from .status import ModelStatus
 logger = logging.getLogger(__name__)
 
 Peer = Hashable
-# How long a replica known to have loaded (before this core started) has to say so.
+# How long an idle replica known to have loaded (before this core started) has to say so.
 HELLO_GRACE = 3.0
+MAX_REPLICAS = 64  # per model version
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,6 @@ class _Replica:
     index: int
     pid: int
     state: str = "loading"
-    error: str | None = None
     batch: tuple[int, Batch] | None = None
     batch_deadline: float = 0.0  # the latest deadline in the batch it holds
     killed: bool = False  # the watchdog asked for its death
@@ -140,6 +141,7 @@ class _Model:
         return sum(1 for r in self.replicas.values() if r.batch is not None)
 
     def status(self, now: float) -> ModelStatus:
+        self.expected = {i: until for i, until in self.expected.items() if until > now}
         wanted = self.config.replicas
         # Replicas that loaded before a restarted core began count until they say hello.
         expected = sum(1 for i, until in self.expected.items() if until > now and i < wanted)
@@ -191,20 +193,27 @@ class DispatchCore:
         self.requests: dict[tuple[Peer, int], Ticket] = {}
         self.effects: list[Effect] = []
         self.stopping = False
-        self._batch_ids = itertools.count()
+        # Batch ids differ between cores, so that a Done from before a restart never
+        # matches a batch of this one.
+        self._batch_ids = itertools.count(random.randrange(1 << 40))
         self._replica_model: dict[Peer, _Model] = {}
         for config in configs:
             self.configure(config)
 
     # -- configuration ----------------------------------------------------------------
 
-    def configure(self, config: ModelConfig, retry: bool = False) -> None:
+    def configure(self, config: ModelConfig, retry: bool = False,
+                  failed: dict[int, str] | None = None) -> None:
         """Add a model, or change how many replicas it wants (0: unload).
 
-        ``retry`` forgets the replicas that gave up loading, so new ones may try again.
+        ``retry`` forgets the replicas that gave up loading, so new ones may try again;
+        ``failed`` records slots given up on elsewhere (a replica that died loading).
         Replicas beyond the wanted count are told to stop once their batch is done.
         Unloading fails what is queued with ModelUnloaded.
         """
+        if not 0 <= config.replicas <= MAX_REPLICAS:
+            raise InvalidInput(f"replicas must be between 0 and {MAX_REPLICAS}; got "
+                               f"{config.replicas}.")
         model = self.models.get(config.key)
         if model is None:
             model = self.models[config.key] = _Model(config, BatchQueue(config.batching,
@@ -213,18 +222,27 @@ class DispatchCore:
         model.queue.policy = config.batching
         if retry:
             model.failed.clear()
+        model.failed.update(failed or {})
         for replica in list(model.replicas.values()):
             if replica.index >= config.replicas:
                 self._release(model, replica)
         if config.replicas == 0:
             for ticket in model.queue.drain():
                 self._fail(ticket, ModelUnloaded(f"Model {model.key} was unloaded."))
+        elif model.status(self.clock()).state == "failed":
+            for ticket in model.queue.drain():
+                self._fail(ticket, ModelFailed(f"Model {model.key} failed to load: "
+                                               f"{model.status(self.clock()).error}"))
 
     def expect(self, key: str, indices: Iterable[int], failed: dict[int, str]) -> None:
         """What a restarted dispatcher knows from before: replicas that had loaded
-        (queue for them until they say hello) and replicas that gave up loading."""
+        (queue for them until they say hello) and replicas that gave up loading.
+
+        An idle replica says hello within a second; a busy one when its batch is done,
+        which is at most the model's timeout plus the stall grace away (or it is killed).
+        """
         model = self.models[key]
-        until = self.clock() + HELLO_GRACE
+        until = self.clock() + model.config.batching.timeout + self.stall_grace + HELLO_GRACE
         model.expected = {i: until for i in indices}
         model.failed.update(failed)
 
@@ -236,8 +254,24 @@ class DispatchCore:
         return {key: model.status(now) for key, model in self.models.items()}
 
     def depth(self, key: str) -> int:
-        """Inputs waiting in one model's queue."""
+        """Inputs waiting in one model version's queue."""
         return len(self.models[key].queue)
+
+    def depths_by_name(self) -> dict[str, int]:
+        """Inputs waiting, summed over the versions of each model (the metric's label)."""
+        by_name: dict[str, int] = {}
+        for key, model in self.models.items():
+            name = key.rpartition(":")[0]
+            by_name[name] = by_name.get(name, 0) + len(model.queue)
+        return by_name
+
+    def expecting(self) -> bool:
+        """Whether some replica that loaded before this core started has yet to say hello."""
+        return any(model.expected for model in self.models.values())
+
+    def replica_pid(self, peer: Peer) -> int | None:
+        model = self._replica_model.get(peer)
+        return model.replicas[peer].pid if model is not None else None
 
     def stop(self) -> None:
         """Refuse new requests, fail the queued ones and release every replica (shutting
@@ -295,15 +329,7 @@ class DispatchCore:
             return InternalError("A request with no inputs reached the dispatcher.")
         if msg.lane not in ("live", "background"):
             return InternalError(f"A request in an unknown lane {msg.lane!r}.")
-        status = model.status(self.clock())
-        if status.state == "unloaded":
-            return ModelUnloaded(f"Model {model.key} is unloaded; an administrator can load it.")
-        if status.state == "failed":
-            return ModelFailed(f"Model {model.key} failed to load: {status.error}")
-        if status.state == "loading":
-            return ModelLoading(f"Model {model.key} is still loading; retry shortly.",
-                                retry_after=2)
-        return None
+        return model.status(self.clock()).refusal(model.key)
 
     # -- replicas ---------------------------------------------------------------------
 
@@ -319,14 +345,15 @@ class DispatchCore:
             raise ProtocolError(f"hello from replica {msg.replica} of unknown model {msg.model!r}")
         replica = model.replicas.get(peer)
         if replica is None:
-            # A new process for this slot replaces any earlier one.
-            for old in [r for r in model.replicas.values() if r.index == msg.replica]:
+            # A new process for this slot replaces an earlier one (one leaving may finish).
+            for old in [r for r in model.replicas.values()
+                        if r.index == msg.replica and not r.leaving]:
                 self.replica_gone(old.peer, "was replaced")
             replica = _Replica(peer, msg.replica, msg.pid)
             model.replicas[peer] = replica
             self._replica_model[peer] = model
         model.expected.pop(msg.replica, None)
-        replica.state, replica.error = msg.state, msg.error
+        replica.state = msg.state
         if msg.replica >= model.config.replicas or self.stopping:
             self._release(model, replica)
             return None
@@ -434,6 +461,7 @@ class DispatchCore:
                 waits.append(wait)
             waits.extend(max(0.0, r.batch_deadline + self.stall_grace - now)
                          for r in model.replicas.values() if r.batch is not None and not r.killed)
+            waits.extend(max(0.0, until - now) for until in model.expected.values())
         return min(waits) if waits else None
 
     def _watchdog(self, model: _Model) -> None:
@@ -452,14 +480,17 @@ class DispatchCore:
         while free and model.queue.ready(model.busy()):
             replica = free.pop()
             batch = model.queue.take()
-            if self.on_batch is not None:
-                self.on_batch(model.key, batch, self.clock())
             batch_id = next(self._batch_ids)
             replica.batch = (batch_id, batch)
             replica.batch_deadline = max(piece.ticket.deadline for piece in batch.slices)
             self.effects.append(Send(replica.peer, Work(
                 batch=batch_id, groups=[s.stop - s.start for s in batch.slices],
                 inputs=batch.inputs())))
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(model.key, batch, self.clock())
+                except Exception:  # metrics must never lose a batch
+                    logger.exception("model %s: recording a batch failed", model.key)
 
     def _fail(self, ticket: Ticket, error: CorralError) -> None:
         req: _Request = ticket.context

@@ -24,11 +24,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from .. import metrics
-from ..batching.queue import Lane
-from ..dispatch.compute import compute, load_error, outcome_frames
+from ..batching.queue import Batch, Lane
+from ..dispatch.compute import compute, load_error, outcome_frames, split_groups
 from ..dispatch.core import DispatchCore, Kill, ModelConfig
 from ..dispatch.devices import model_device
 from ..engine import Engine, Handle, Input, ModelStatus, Outputs, outputs_of
@@ -126,7 +126,7 @@ class InProcessEngine(Engine):
             self._run = _os_thread_runner(sum(s.replicas for s in self._specs.values()))
             self._cond = threading.Condition()
             self._core = DispatchCore((model_config(s) for s in self._specs.values()),
-                                      stall_grace=self._stall_grace, on_batch=metrics.observe_batch)
+                                      stall_grace=self._stall_grace, on_batch=self._on_batch)
             self._pending: dict[int, _Pending] = {}
             self._ids = itertools.count(1)
             self._running: dict[str, dict[int, _ReplicaPeer]] = {k: {} for k in self._specs}
@@ -190,11 +190,17 @@ class InProcessEngine(Engine):
     def load(self, key: ModelKey) -> None:
         spec = self._spec(key)
         with self._cond:
-            self._core.configure(model_config(spec), retry=True)
+            current = self._core.models[str(key)].config.replicas
+            self._core.configure(model_config(spec, current or spec.replicas), retry=True)
             self._start_replicas(str(key))
             self._flush()
 
     # -- the core's effects (called with the lock held) -------------------------------
+
+    def _on_batch(self, key: str, batch: Batch, now: float) -> None:
+        metrics.observe_batch(key, batch, now)
+        name = key.rpartition(":")[0]
+        metrics.QUEUE_DEPTH.labels(name).set(self._core.depths_by_name()[name])
 
     def _flush(self) -> None:
         for effect in self._core.take_effects():
@@ -223,8 +229,9 @@ class InProcessEngine(Engine):
     def _start_replicas(self, key: str) -> None:
         spec = self._specs[key]
         running = self._running[key]
-        for index in range(self._core.models[key].config.replicas):
-            if index not in running:
+        model = self._core.models[key]
+        for index in range(model.config.replicas):
+            if index not in running and index not in model.failed:  # failed: only load() retries
                 peer = running[index] = _ReplicaPeer(spec, index)
                 threading.Thread(target=self._replica, args=(peer,), daemon=True,
                                  name=f"corral-{spec.key}-{index}").start()
@@ -279,13 +286,8 @@ class InProcessEngine(Engine):
 
     def _compute(self, peer: _ReplicaPeer, model: Model, work: Work) -> Done:
         spec = peer.spec
-        groups: list[list[Any]] = []
-        start = 0
-        for n in work.groups:
-            groups.append(work.inputs[start : start + n])
-            start += n
         started = time.perf_counter()
-        outcomes = compute(model, spec, groups, self._run)
+        outcomes = compute(model, spec, split_groups(work), self._run)
         metrics.PREDICT_DURATION.labels(spec.name).observe(time.perf_counter() - started)
         meta, outputs = outcome_frames(outcomes)
         return Done(batch=work.batch, model=str(spec.key), replica=peer.index,

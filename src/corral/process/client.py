@@ -23,9 +23,6 @@ from ..engine import Engine, Handle, Input, ModelStatus, Outputs, outputs_of
 from ..errors import (
     ClientClosedRequest,
     CorralError,
-    ModelFailed,
-    ModelLoading,
-    ModelUnloaded,
     Overloaded,
     RequestTimeout,
     WorkerCrashed,
@@ -101,7 +98,7 @@ class DispatcherEngine(Engine):
         self._local = threading.local()
         self._shared: GreenChannel | None = None
         self._status: dict[str, ModelStatus] = {}
-        self._status_mtime = -1
+        self._status_version: tuple[int, int] | None = None
 
     def start(self) -> None:
         if self._pid == os.getpid():
@@ -154,29 +151,27 @@ class DispatcherEngine(Engine):
 
     def _unreachable(self, key: ModelKey) -> CorralError:
         """Why a request could not reach the dispatcher, from the state last reported."""
-        status = self.status(key)
-        if status.state == "failed":
-            return ModelFailed(f"Model {key} failed to load: {status.error}")
-        if status.state == "unloaded":
-            return ModelUnloaded(f"Model {key} is unloaded; an administrator can load it.")
-        if status.state == "loading":
-            return ModelLoading(f"Model {key} is still loading; retry shortly.", retry_after=2)
-        return Overloaded(f"The dispatcher of model {key} is not taking requests now "
-                          "(restarting, or saturated); retry shortly.", retry_after=1)
+        return self.status(key).refusal(key) or Overloaded(
+            f"The dispatcher of model {key} is not taking requests now (restarting, or "
+            "saturated); retry shortly.", retry_after=1)
 
     def status(self, key: ModelKey) -> ModelStatus:
         """From status.json, re-read only when the dispatcher rewrote it (one stat)."""
         try:
-            mtime = os.stat(self._runtime.status_file).st_mtime_ns
-            if mtime != self._status_mtime:
+            st = os.stat(self._runtime.status_file)
+            version = (st.st_mtime_ns, st.st_ino)  # each write is a new file (a new inode)
+            if version != self._status_version:
                 self._status = self._runtime.read_status()
-                self._status_mtime = mtime
+                self._status_version = version
         except (OSError, ValueError, KeyError, TypeError):
             pass  # not written yet, or the instance is stopping: keep what we had
         status = self._status.get(str(key))
         if status is None:
-            wanted = next((m.replicas for m in self._runtime.read_models()
-                           if m.key == str(key)), 0)
+            try:
+                wanted = next((m.replicas for m in self._runtime.read_models()
+                               if m.key == str(key)), 0)
+            except (OSError, ValueError):
+                wanted = 0
             return ModelStatus("loading", 0, wanted, "The dispatcher has not reported yet.")
         return status
 

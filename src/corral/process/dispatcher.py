@@ -48,7 +48,9 @@ class Dispatcher:
         self.poller.register(frontend, zmq.POLLIN)
         self.poller.register(backend, zmq.POLLIN)
         self.pidfds: dict[int, Peer] = {}  # replica process watches
-        self.depths = {key: -1 for key in core.models}
+        self.watched: dict[Peer, int] = {}
+        self.dead: set[Peer] = set()  # replicas whose exit was seen: late messages are ignored
+        self.depths: dict[str, int] = {}  # by model name (the gauge's label)
         self.changed = True  # model states may have changed
         self.written: dict[str, ModelStatus] | None = None  # what status.json says
 
@@ -64,7 +66,10 @@ class Dispatcher:
             if self.sockets[_BACK] in events:
                 self._drain(_BACK, self.handle_replica)
             for fd in dead:
-                self.core.replica_gone(self.pidfds.pop(fd), "exited")
+                peer = self.pidfds.pop(fd)
+                del self.watched[peer]
+                self.dead.add(peer)
+                self.core.replica_gone(peer, "exited")
                 self.poller.unregister(fd)
                 os.close(fd)
                 self.changed = True
@@ -87,34 +92,44 @@ class Dispatcher:
 
     def handle_client(self, peer: Peer, msg: Message) -> None:
         if isinstance(msg, Configure):
-            entry = next((m for m in self.runtime.read_models() if m.key == msg.model), None)
-            if entry is None:
+            model = self.core.models.get(msg.model)
+            if model is None:
                 raise ProtocolError(f"Configure for an unknown model {msg.model!r}")
-            self.core.configure(ModelConfig(entry.key, entry.batching, msg.replicas),
-                                retry=msg.retry)
-            self.depths.setdefault(entry.key, -1)
+            failed = {int(i): str(e) for i, e in msg.failed.items() if str(i).isdigit()}
+            self.core.configure(ModelConfig(msg.model, model.config.batching, msg.replicas),
+                                retry=msg.retry, failed=failed)
             self.changed = True
         else:
             self.core.handle(peer, msg)
 
     def handle_replica(self, peer: Peer, msg: Message) -> None:
-        if isinstance(msg, Hello) and peer not in self.pidfds.values():
+        if peer in self.dead:
+            return  # sent before its process exited: the core has already failed its batch
+        if peer not in self.watched:
+            pid = getattr(msg, "pid", None)
             try:
-                fd = os.pidfd_open(msg.pid)
+                fd = os.pidfd_open(pid) if isinstance(pid, int) and pid > 0 else -1
             except OSError:
+                fd = -1
+            if fd < 0:
                 return  # the process is already gone: never register a ghost
             self.pidfds[fd] = peer
+            self.watched[peer] = fd
             self.poller.register(fd, zmq.POLLIN)
         self.core.handle(peer, msg)
-        self.changed = True
+        if isinstance(msg, Hello):
+            self.changed = True
 
     def flush(self) -> None:
         for effect in self.core.take_effects():
             if isinstance(effect, Kill):
-                try:
-                    os.kill(effect.pid, signal.SIGKILL)  # its pidfd reports the death
-                except ProcessLookupError:
-                    pass
+                fd = next((fd for fd, peer in self.pidfds.items()
+                           if self.core.replica_pid(peer) == effect.pid), None)
+                if fd is not None:  # through the pidfd: never a reused pid
+                    try:
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)  # the pidfd reports it
+                    except ProcessLookupError:
+                        pass
                 continue
             side: str
             identity: bytes
@@ -123,12 +138,11 @@ class Dispatcher:
                 self.sockets[side].send_multipart([identity, *encode(effect.msg)], zmq.NOBLOCK)
             except zmq.Again:  # the peer is gone or not reading: it has its own deadline
                 logger.debug("dispatcher: a message to a peer was dropped")
-        for key, depth in self.depths.items():
-            now = self.core.depth(key)
-            if now != depth:
-                self.depths[key] = now
-                metrics.QUEUE_DEPTH.labels(key.rpartition(":")[0]).set(now)
-        if self.changed:
+        for name, depth in self.core.depths_by_name().items():
+            if self.depths.get(name) != depth:
+                self.depths[name] = depth
+                metrics.QUEUE_DEPTH.labels(name).set(depth)
+        if self.changed or self.core.expecting():
             self.changed = False
             statuses = self.core.statuses()
             if statuses != self.written:

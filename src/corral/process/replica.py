@@ -26,9 +26,16 @@ from pydantic import BaseModel, ValidationError
 
 from .. import metrics
 from ..discover import load_server
-from ..dispatch.compute import Outcome, compute, load_error, outcome_frames
+from ..dispatch.compute import (
+    Outcome,
+    as_client_error,
+    compute,
+    load_error,
+    outcome_frames,
+    split_groups,
+)
 from ..dispatch.devices import model_device
-from ..errors import InvalidInput, new_error_id
+from ..errors import CorralError, InvalidInput, new_error_id
 from ..log import configure_logging
 from ..model import Model
 from ..registry.spec import ModelSpec
@@ -44,11 +51,13 @@ MAX_LOAD_ATTEMPTS = 3
 HEARTBEAT_MS = 1000
 
 
-def _decode_inputs(spec: ModelSpec, frames: list[bytes]) -> list[BaseModel] | InvalidInput:
+def _decode_inputs(spec: ModelSpec, frames: list[bytes]) -> list[BaseModel] | CorralError:
     try:
         return [validate_item(spec.input_type, f) for f in frames]
     except ValidationError as exc:  # the HTTP worker validated these: a version mismatch
         return InvalidInput(f"Input not valid for {spec.key}: {exc.error_count()} errors.")
+    except Exception as exc:  # a validator of the model's own that raised something else
+        return as_client_error(spec, exc)
 
 
 def _send(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
@@ -78,16 +87,12 @@ def serve_batches(sock: zmq.Socket[bytes], model: Model, spec: ModelSpec, hello:
             return
         if not isinstance(work, Work):
             continue
-        groups, start = [], 0
-        for n in work.groups:
-            groups.append(work.inputs[start : start + n])
-            start += n
-        decoded = [_decode_inputs(spec, g) for g in groups]
-        valid = [g for g in decoded if not isinstance(g, InvalidInput)]
+        decoded = [_decode_inputs(spec, g) for g in split_groups(work)]
+        valid = [g for g in decoded if not isinstance(g, CorralError)]
         started = time.perf_counter()
         computed = iter(compute(model, spec, valid)) if valid else iter([])
         metrics.PREDICT_DURATION.labels(spec.name).observe(time.perf_counter() - started)
-        outcomes: list[Outcome] = [g if isinstance(g, InvalidInput) else next(computed)
+        outcomes: list[Outcome] = [g if isinstance(g, CorralError) else next(computed)
                                    for g in decoded]
         meta, outputs = outcome_frames(outcomes)
         _send(sock, encode(Done(batch=work.batch, model=hello.model, replica=hello.replica,

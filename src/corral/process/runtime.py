@@ -137,8 +137,12 @@ class Runtime:
                 if _owner_alive(path) is None and any(path.iterdir()):
                     raise StartupError(f"{path} is not empty and is not a Corral runtime "
                                        "directory; name a new or empty one.")
-                shutil.rmtree(path)
-            path.mkdir(mode=0o700, parents=True)
+                shutil.rmtree(path, ignore_errors=True)
+            try:
+                path.mkdir(mode=0o700, parents=True)
+            except FileExistsError:
+                raise StartupError(f"Another Corral server is starting in {path}; give each "
+                                   "instance its own runtime directory.") from None
         else:
             base = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
             _sweep(base)
@@ -172,8 +176,10 @@ class Runtime:
     # -- plan ---------------------------------------------------------------------------
 
     def write_plan(self, target: str, settings: Settings) -> None:
-        _write_atomic(self.path / "plan.json", json.dumps(
-            {"target": target, "settings": settings.model_dump(mode="json")}))
+        data = settings.model_dump(mode="json")
+        if settings.admin_token is not None:  # dumped masked; the workers need the value
+            data["admin_token"] = settings.admin_token.get_secret_value()
+        _write_atomic(self.path / "plan.json", json.dumps({"target": target, "settings": data}))
 
     def read_plan(self) -> tuple[str, Settings]:
         data = json.loads((self.path / "plan.json").read_text())

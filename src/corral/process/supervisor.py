@@ -38,6 +38,7 @@ from ..dispatch.devices import device_env
 from ..errors import CorralError, InvalidInput, ModelNotFound
 from ..registry.catalog import Catalog
 from ..transport.protocol import Command, Configure, ProtocolError, Reply, decode, encode
+from ..dispatch.core import MAX_REPLICAS
 from .replica import MAX_LOAD_ATTEMPTS
 from .runtime import ModelEntry, Runtime
 from .spawn import spawn
@@ -46,7 +47,6 @@ logger = logging.getLogger(__name__)
 
 _STABLE_AFTER = 30.0  # a child that ran this long restarts without backoff
 _MAX_BACKOFF = 10.0
-MAX_REPLICAS = 64  # per model version, through the control socket
 
 
 @dataclass(eq=False)
@@ -196,6 +196,7 @@ class Supervisor:
             if child.retired_at is not None:
                 self.children.remove(child)
                 logger.info("%s stopped (no longer wanted)", child.label)
+                self._fill_slots(child.model)  # wanted again while it was leaving
                 continue
             self.handle_exit(child, code, loaded)
 
@@ -220,6 +221,7 @@ class Supervisor:
                                              f"load() failed {child.load_attempt} times; see "
                                              "the server log.")
                 self.runtime.write_models(list(self.models.values()))
+                self._configure(child.model)  # a replica that died loading said nothing
                 if self.settings.exit_when_all_failed and all(
                         m.replicas and len(m.failed) >= m.replicas for m in self.models.values()):
                     logger.error("every model failed to load; stopping with exit code 1 "
@@ -295,22 +297,37 @@ class Supervisor:
                 child.load_attempt, child.failures = 1, 0
                 if child.proc is None:
                     child.restart_at = time.monotonic()
-        have = {c.index for c in mine if c.retired_at is None}
-        for index in range(replicas):
-            if index not in have:
-                self._add_replica(msg.model, index)
+        self._fill_slots(msg.model)
+        self._configure(msg.model, retry)
+
+    def _fill_slots(self, key: str) -> None:
+        """A replica process for every wanted slot that has none. A slot whose leaving
+        replica still runs is filled once it has exited: one process per slot."""
+        taken = {c.index for c in self.children if c.kind == "replica" and c.model == key}
+        for index in range(self.models[key].replicas):
+            if index not in taken:
+                self._add_replica(key, index)
+
+    def _configure(self, key: str, retry: bool = False) -> None:
+        """Tell the dispatcher what models.json now says of one model."""
+        entry = self.models[key]
+        msg = Configure(model=key, replicas=entry.replicas, retry=retry,
+                        failed={str(i): e for i, e in entry.failed.items()})
         try:
-            self._dispatcher.send_multipart(
-                encode(Configure(model=msg.model, replicas=replicas, retry=retry)), zmq.NOBLOCK)
+            self._dispatcher.send_multipart(encode(msg), zmq.NOBLOCK)
         except zmq.Again:  # no dispatcher now: it reads models.json when it starts
             pass
 
     def retire_stragglers(self) -> None:
-        """Replicas no longer wanted that the dispatcher could not stop get SIGTERM."""
-        limit = time.monotonic() - self.settings.graceful_timeout - 5
+        """Replicas no longer wanted that the dispatcher could not stop get SIGTERM, once
+        their batch has had every chance to finish (the model's timeout and stall grace)."""
+        now = time.monotonic()
         for child in self.children:
-            if (child.retired_at is not None and child.retired_at < limit
-                    and child.proc is not None and child.proc.poll() is None):
+            if child.retired_at is None or child.proc is None or child.proc.poll() is not None:
+                continue
+            grace = max(self.settings.graceful_timeout,
+                        self.models[child.model].timeout + self.settings.stall_grace) + 5
+            if child.retired_at < now - grace:
                 logger.warning("%s did not stop when asked; terminating it", child.label)
                 child.proc.terminate()
                 child.retired_at = float("inf")

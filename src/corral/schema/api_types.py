@@ -50,6 +50,24 @@ class ModelList(BaseModel):
     models: list[ModelInfo]
 
 
+class ReplicasRequest(BaseModel):
+    """Body of PUT .../replicas."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(ge=0, le=64, description="Replicas wanted; 0 unloads the model.",
+                          examples=[2])
+
+
+class AdminAccepted(BaseModel):
+    """What an admin operation answers: the change is under way (watch ``state``)."""
+
+    name: str
+    version: str
+    replicas: int = Field(description="Replicas now wanted.")
+    state: Literal["loading", "ready", "failed", "unloaded"]
+
+
 class ModelReadiness(BaseModel):
     name: str
     version: str

@@ -19,7 +19,15 @@ from ..registry.catalog import Catalog
 from ..errors import InvalidInput
 from ..registry.spec import ModelSpec
 from .inputs import validate_inputs
-from .api_types import Health, ModelInfo, ModelList, Problem, Readiness
+from .api_types import (
+    AdminAccepted,
+    Health,
+    ModelInfo,
+    ModelList,
+    Problem,
+    Readiness,
+    ReplicasRequest,
+)
 
 REF = "#/components/schemas/{model}"
 # The least X-Request-Timeout honoured; the API layer refuses shorter ones.
@@ -27,6 +35,8 @@ MIN_REQUEST_TIMEOUT = 0.1
 
 _PROBLEMS: dict[int, tuple[str, list[str]]] = {
     400: ("The body is not JSON, or nested too deep.", ["invalid-json"]),
+    401: ("No bearer token was sent.", ["unauthorized"]),
+    403: ("The bearer token is not the admin token.", ["forbidden"]),
     404: ("No such model or version; the detail lists the known ones.",
           ["model-not-found", "version-not-found", "not-found"]),
     413: ("The body is larger than the server accepts.", ["payload-too-large"]),
@@ -66,7 +76,9 @@ def build_openapi(catalog: Catalog, settings: Settings,
     io_types: list[tuple[type[BaseModel], Any]] = []
     for spec in catalog:
         io_types += [(spec.input_type, "validation"), (spec.output_type, "serialization")]
-    io_types += [(t, "serialization") for t in (ModelList, ModelInfo, Readiness, Health, Problem)]
+    io_types += [(t, "serialization") for t in (ModelList, ModelInfo, Readiness, Health, Problem,
+                                                AdminAccepted)]
+    io_types += [(ReplicasRequest, "validation")]
     refs, defs = models_json_schema(io_types, ref_template=REF)
     schemas: dict[str, Any] = defs.get("$defs", {})
 
@@ -118,7 +130,7 @@ def build_openapi(catalog: Catalog, settings: Settings,
                     **op, "operationId": f"predict_{_ident(name)}",
                     "summary": f"Predict with {name} (default version {spec.version})"}}
 
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": info.title,
@@ -131,6 +143,49 @@ def build_openapi(catalog: Catalog, settings: Settings,
         "paths": paths,
         "components": {"schemas": schemas},
     }
+    if settings.admin_token is not None:
+        _add_admin(document, catalog, ref(AdminAccepted, "serialization"),
+                   ref(ReplicasRequest, "validation"))
+    return document
+
+
+def _add_admin(document: dict[str, Any], catalog: Catalog, accepted: dict[str, Any],
+               replicas: dict[str, Any]) -> None:
+    """The admin operations, each behind the bearer token (only when one is configured)."""
+    document["components"]["securitySchemes"] = {
+        "adminToken": {"type": "http", "scheme": "bearer",
+                       "description": "The value of CORRAL_ADMIN_TOKEN."}}
+    document["tags"].append({"name": "admin", "description": "Load, unload and scale models "
+                             "at run time (CORRAL_ADMIN_TOKEN)."})
+    paths = document["paths"]
+    ops = (
+        ("load", "post", "Load", "Load the model (again, if it failed) with its declared "
+         "replicas.", None),
+        ("unload", "post", "Unload", "Stop every replica and free its memory; requests get 503 "
+         "model-unloaded until it is loaded again.", None),
+        ("replicas", "put", "Set replicas of", "Run this many replicas (0 unloads); replicas "
+         "no longer wanted finish their batch first.", replicas),
+    )
+    for name in catalog.names():
+        targets = [(f"/v1/models/{name}", f"{_ident(name)}", f"{name} (default version)")]
+        targets += [(f"/v1/models/{name}/versions/{v.version}",
+                     f"{_ident(name)}_v{_ident(v.version)}", f"{name} version {v.version}")
+                    for v in catalog.versions(name)]
+        for prefix, ident, label in targets:
+            for action, method, verb, description, body in ops:
+                statuses = (401, 403) + ((400, 413, 415, 422) if body else ())
+                op: dict[str, Any] = {
+                    "summary": f"{verb} {label}", "description": description,
+                    "tags": ["admin"], "operationId": f"admin_{action}_{ident}",
+                    "security": [{"adminToken": []}],
+                    "responses": {"202": _json("Under way; GET the model to follow its state.",
+                                               accepted),
+                                  **{str(s): _problem(s) for s in statuses}},
+                }
+                if body:
+                    op["requestBody"] = {"required": True, "content": {"application/json": {
+                        "schema": body, "example": {"replicas": 2}}}}
+                paths[f"{prefix}/{action}"] = {method: op}
 
 
 def _ident(text: str) -> str:
@@ -145,6 +200,10 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 _EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
     "invalid-json": ("Body is not valid JSON", {"detail": "The body is not valid JSON: Expecting "
                      "value: line 1 column 1 (char 0)."}),
+    "unauthorized": ("Unauthorized", {"detail": "The admin API needs an Authorization: Bearer "
+                     "<token> header."}),
+    "forbidden": ("Forbidden", {"detail": "The bearer token is not the admin token of this "
+                  "server."}),
     "model-not-found": ("Model not found", {"detail": "No model named 'x'; known models: iris."}),
     "version-not-found": ("Version not found", {"detail": "Model 'iris' has no version '3'; "
                           "known: 1, 2."}),

@@ -146,12 +146,14 @@ class Stop(Message):
 
 @dataclass
 class Configure(Message):
-    """The supervisor changed a model: ``replicas`` wanted (0: unloaded); ``retry``: load again."""
+    """The supervisor changed a model: ``replicas`` wanted (0: unloaded); ``retry``: load
+    again; ``failed``: slots given up on (replica index as a string -> why)."""
 
     TYPE = 11
     model: str
     replicas: int
     retry: bool = False
+    failed: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
