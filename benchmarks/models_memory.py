@@ -79,12 +79,18 @@ def pss_mib(pid: int) -> float:
 
 
 def role(pid: int, root: int) -> str:
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    """From the process title (or, for servers before titles, the command line)."""
+    title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    argv = title.split()
     if pid == root:
         return "supervisor"
-    for module in (b"corral.process", b"corral.workers"):
+    if title.startswith("corral: "):
+        return argv[1]
+    if title.startswith("gunicorn: master"):
+        return "http"
+    for module in ("corral.process", "corral.workers"):
         if module in argv:
-            return argv[argv.index(module) + 1].decode()
+            return argv[argv.index(module) + 1]
     return "http worker"
 
 

@@ -275,11 +275,11 @@ class Server:
             cmd = cmdline(pid)
             if pid == root:
                 out[pid] = "supervisor" if self.kind == "corral" else "gunicorn master"
-            elif "corral.process replica" in cmd:
+            elif cmd.startswith("corral: replica"):  # process titles (corral.process.title)
                 out[pid] = "replica"
-            elif "corral.process dispatcher" in cmd:
+            elif cmd.startswith("corral: dispatcher"):
                 out[pid] = "dispatcher"
-            elif "corral.process http" in cmd and (_stat(pid) or ["", "0"])[1] == str(root):
+            elif cmd.startswith("gunicorn: master") and (_stat(pid) or ["", "0"])[1] == str(root):
                 out[pid] = "gunicorn master"
                 master = pid
         for pid in pids:

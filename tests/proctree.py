@@ -14,23 +14,31 @@ class Proc:
     ppid: int
     argv: tuple[str, ...]
 
-    def _arg(self, n: int) -> str:
-        return self.argv[self.argv.index("corral.process") + n]
+    @property
+    def title(self) -> str:
+        return " ".join(self.argv)
 
     @property
     def role(self) -> str:
-        """``http``, ``dispatcher``, ``replica`` (children of the supervisor) or ``other``."""
-        return self._arg(1) if "corral.process" in self.argv else "other"
+        """From the process title: ``supervisor``, ``dispatcher``, ``replica``, ``http``
+        (the Gunicorn master), ``worker`` (an HTTP worker) or ``other``."""
+        if self.title.startswith("corral: "):
+            return self.title.split()[1]
+        if self.title.startswith("gunicorn: master"):
+            return "http"
+        if self.title.startswith("gunicorn: worker"):
+            return "worker"
+        return "other"
 
     @property
     def run_dir(self) -> str:
-        """The runtime directory of the instance (children of the supervisor)."""
-        return self._arg(2)
+        """The runtime directory of the instance (Corral's own processes)."""
+        return self.title.rsplit("[", 1)[1].rstrip("]")
 
     @property
     def model(self) -> str:
         """A replica's model version, ``name:version``."""
-        return self._arg(3)
+        return self.title.split()[2]
 
 
 def _read(pid: int) -> Proc | None:

@@ -28,6 +28,10 @@ class ModelOverrides(BaseModel):
     devices: list[str] | None = Field(
         None, description='Devices for the replicas, as JSON: ["cuda:0", "cuda:1"] or ["cpu"].'
     )
+    max_requests: int | None = Field(
+        None, ge=1, description="Inputs a replica computes before it is replaced by a fresh "
+        "one (finishing its batch first); unset: never.",
+    )
 
 
 class Settings(BaseSettings):
@@ -60,6 +64,14 @@ class Settings(BaseSettings):
     timeout: int = Field(
         120, ge=1, description="Seconds before a silent HTTP worker is killed and replaced."
     )
+    max_requests: int = Field(
+        0, ge=0, description="Requests an HTTP worker serves before Gunicorn replaces it "
+        "(gracefully); 0: never.",
+    )
+    max_requests_jitter: int = Field(
+        0, ge=0, description="Up to this many more, at random, so workers are not all "
+        "replaced at once.",
+    )
     graceful_timeout: int = Field(
         30, ge=0, description="Seconds in-flight requests get to finish on shutdown."
     )
@@ -79,6 +91,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Seconds a replica may stay in predict() past every deadline "
         "of its batch before it is killed and replaced."
     )
+    warm_up: bool = Field(
+        True, description="Call each replica's predict() once, with an input built from the "
+        "schema's examples, after load() and before it reports ready.",
+    )
     ready_with_failed_models: bool = Field(
         False, description="/readyz answers 200 while some models have failed to load, if every "
         "other model is ready. Off: any failed model makes the server not ready.",
@@ -86,6 +102,10 @@ class Settings(BaseSettings):
     exit_when_all_failed: bool = Field(
         False, description="Stop corral serve with exit code 1 when every model has failed to "
         "load, so that an orchestrator restarts it.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description='Origins a browser may call the API from, as JSON '
+        '(["https://app.example.com"]; ["*"] for any); empty: CORS off.',
     )
     admin_token: SecretStr | None = Field(
         None, description="Bearer token of the admin API (load, unload, replicas); the admin "

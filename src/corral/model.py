@@ -65,6 +65,9 @@ class Model:
     it the highest version is served there.
     ``batching``: a :class:`Batching`; absent means one input per call.
     ``replicas``: how many copies of the model serve requests.
+    ``max_requests``: under ``corral serve``, a replica that has computed this many inputs
+    is replaced by a fresh process once its batch is done (for models that leak); unset:
+    never.
     ``per_item_errors``: what an array request gets when some of its inputs fail
     (``predict`` raised for them alone): ``False`` (default), the request fails with the
     first failed input's error, its index in ``loc`` and ``item``; ``True``, a 200 whose
@@ -86,6 +89,7 @@ class Model:
     batching: ClassVar[Batching | None] = None
     replicas: ClassVar[int] = 1
     per_item_errors: ClassVar[bool] = False
+    max_requests: ClassVar[int | None] = None
     devices: ClassVar[Sequence[str] | None] = None
 
     #: Set on each instance before load(): "cpu", or "cuda" when a GPU was assigned.

@@ -67,7 +67,8 @@ class Server:
         elif engine is None:
             from .inprocess.engine import InProcessEngine
 
-            engine = InProcessEngine(catalog, stall_grace=settings.stall_grace)
+            engine = InProcessEngine(catalog, stall_grace=settings.stall_grace,
+                                     warm_up=settings.warm_up)
         app = create_app(catalog, engine, settings, self.info)
         app.extensions["corral.engine"] = engine
         return app

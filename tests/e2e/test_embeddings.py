@@ -129,7 +129,7 @@ def test_embeddings_served_offline(serve: Callable[..., ServerProcess], tmp_path
 
     tree = descendants(server.proc.pid)
     (replica,) = [p for p in tree if p.role == "replica"]
-    http = [p for p in tree if p.role == "http"]
+    http = [p for p in tree if p.role in ("http", "worker")]
     assert http, tree
 
     def maps_torch(pid: int) -> bool:

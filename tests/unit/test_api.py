@@ -52,8 +52,10 @@ def make_app(*models: type[corral.Model], **settings: Any) -> Flask:
 def app() -> Iterator[Flask]:
     SumModel.batch_sizes.clear()
     SumModel.seen.clear()
+    # No warm-up: BadOutputModel's predict() would fail it (warm-up has its own test).
     app = make_app(SumModel, SumItemsModel, EchoV1Model, EchoV2Model, EchoV10Model,
-                   BrokenLoadModel, BadOutputModel, max_body_bytes=4096, max_items=5)
+                   BrokenLoadModel, BadOutputModel, max_body_bytes=4096, max_items=5,
+                   warm_up=False)
     yield app
     app.extensions["corral.engine"].stop()
 
@@ -480,7 +482,6 @@ def test_server_is_a_wsgi_application(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_large_array_is_split_into_batches_across_replicas_in_order() -> None:
-    SumModel.batch_sizes.clear()
     app = make_app(SumModel, models={"sum": {"replicas": 2, "max_size": 3}}, max_items=50)
     try:
         client = app.test_client()
@@ -488,6 +489,7 @@ def test_large_array_is_split_into_batches_across_replicas_in_order() -> None:
         while client.get("/v1/models/sum").get_json()["versions"][0]["replicas_ready"] < 2:
             assert time.monotonic() < deadline, "second replica never became ready"
             time.sleep(0.02)
+        SumModel.batch_sizes.clear()  # after each replica's warm-up
         resp = post(client, "/v1/models/sum/predict", [{"values": [i]} for i in range(20)])
         assert resp.status_code == 200
         assert [r["total"] for r in resp.get_json()] == list(range(20))
@@ -605,8 +607,9 @@ def test_corral_wsgi_application_serves_corral_app(monkeypatch: pytest.MonkeyPat
 
     sys.modules.pop("corral.wsgi", None)
     monkeypatch.delenv("CORRAL_APP", raising=False)
+    unset = importlib.import_module("corral.wsgi")  # importable for its factory
     with pytest.raises(StartupError, match="Set CORRAL_APP"):
-        importlib.import_module("corral.wsgi")
+        unset.application
     sys.modules.pop("corral.wsgi", None)
     monkeypatch.setenv("CORRAL_APP", "tests.apps.fuzz:app")
     wsgi = importlib.import_module("corral.wsgi")
@@ -682,3 +685,75 @@ def test_admin_api_loads_unloads_and_scales_with_the_token() -> None:
         assert {"202", "401", "403", "422"} <= set(op["responses"])
     finally:
         app.extensions["corral.engine"].stop()
+
+
+
+def test_warm_up_runs_predict_once_before_ready_and_fails_a_model_that_cannot() -> None:
+    SumModel.seen.clear()
+    app = make_app(SumModel, BadOutputModel, EchoV1Model)
+    client = app.test_client()
+    try:
+        assert SumModel.seen == [[1.0, 2.0, 3.0]]  # the schema's example, before any request
+        info = client.get("/v1/models/bad-output").get_json()["versions"][0]
+        assert info["state"] == "failed" and "load() raised ModelError" in info["error"]
+        assert client.get("/v1/models/echo").get_json()["versions"][0]["state"] == "ready"
+    finally:
+        app.extensions["corral.engine"].stop()
+
+
+def test_cors_is_off_by_default_and_answers_allowed_origins(client: FlaskClient) -> None:
+    assert "Access-Control-Allow-Origin" not in client.get(
+        "/v1/models", headers={"Origin": "https://app.example.com"}).headers
+    app = make_app(EchoV1Model, cors_origins=["https://app.example.com"])
+    cors = app.test_client()
+    try:
+        ok = post(cors, "/v1/models/echo/predict", {"word": "a"},
+                  headers={"Origin": "https://app.example.com"})
+        assert ok.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert "Retry-After" in ok.headers["Access-Control-Expose-Headers"]
+        preflight = cors.options("/v1/models/echo/predict", headers={
+            "Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type"})
+        assert preflight.status_code == 200
+        assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+        assert "Content-Type" in preflight.headers["Access-Control-Allow-Headers"]
+        other = post(cors, "/v1/models/echo/predict", {"word": "a"},
+                     headers={"Origin": "https://evil.example"})
+        assert "Access-Control-Allow-Origin" not in other.headers
+    finally:
+        app.extensions["corral.engine"].stop()
+
+
+def test_mounted_under_a_prefix_the_docs_and_document_point_there() -> None:
+    from flask import Flask as FlaskApp
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+    from werkzeug.test import Client
+
+    from corral.wsgi import create_app
+
+    host = FlaskApp("host")
+
+    @host.get("/")
+    def home() -> str:
+        return "host app"
+
+    corral_app = create_app("tests.apps.fuzz:app")
+    host.wsgi_app = DispatcherMiddleware(host.wsgi_app, {"/ml": corral_app})  # type: ignore[method-assign]
+    client = Client(host)
+    try:
+        assert client.get("/").get_data(as_text=True) == "host app"
+        page = client.get("/ml/docs").get_data(as_text=True)
+        assert 'href="docs/swagger-ui.css"' in page and 'url: "openapi.json"' in page
+        css = client.get("/ml/docs/swagger-ui.css")
+        css.close()  # a file response
+        assert css.status_code == 200
+        spec = client.get("/ml/openapi.json").get_json()
+        assert spec["servers"] == [{"url": "/ml"}]
+        deadline = time.monotonic() + 20
+        while client.get("/ml/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        resp = client.post("/ml/v1/models/echo/versions/1/predict", json={"word": "mounted"})
+        assert resp.status_code == 200 and resp.get_json() == {"upper": "MOUNTED"}
+    finally:
+        corral_app.extensions["corral.engine"].stop()

@@ -9,6 +9,7 @@ from ..engine import Engine
 from ..registry.catalog import Catalog
 from ..schema.openapi import ApiInfo, build_openapi
 from .docs import install_docs
+from .cors import install_cors
 from .problems import install_error_handlers
 from .routes import Routes
 
@@ -39,5 +40,8 @@ def create_app(catalog: Catalog, engine: Engine, settings: Settings,
     @app.before_request
     def start_engine() -> None:
         engine.start()
+
+    if settings.cors_origins:
+        install_cors(app, settings.cors_origins)
 
     return app

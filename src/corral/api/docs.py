@@ -8,13 +8,13 @@ response panel, as the server sent it.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from flask import Flask, Response, send_from_directory
+from flask import Flask, Response, request, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from ..errors import NotFound
+from .problems import compact_json
 
 _PAGE = """<!doctype html>
 <html lang="en">
@@ -49,11 +49,14 @@ _ASSETS = {"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favic
 
 def install_docs(app: Flask, openapi: dict[str, Any]) -> None:
     """Add /openapi.json, /docs and the Swagger UI assets under /docs/."""
-    document = json.dumps(openapi)
+    document = compact_json(openapi)
     page = _PAGE.format(title=openapi["info"]["title"])
 
     @app.get("/openapi.json")
     def openapi_json() -> Response:
+        if request.script_root:  # mounted under a prefix: "Try it out" must call there too
+            return Response(compact_json({**openapi, "servers": [{"url": request.script_root}]}),
+                            mimetype="application/json")
         return Response(document, mimetype="application/json")
 
     @app.get("/docs")

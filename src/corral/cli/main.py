@@ -72,6 +72,7 @@ def cli() -> None:
 @click.option("--worker-class", type=click.Choice(["gthread", "gevent"]),
               help=_flag_help("worker_class"))
 @click.option("--timeout", type=int, help=_flag_help("timeout"))
+@click.option("--max-requests", type=int, help=_flag_help("max_requests"))
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               help=_flag_help("log_level"))
 @click.option("--runtime-dir", help=_flag_help("runtime_dir"))

@@ -41,7 +41,8 @@ def serve_dev(target: str, server: Server, settings: Settings, reload: bool = Fa
 
     from ..inprocess.engine import InProcessEngine
 
-    engine: Engine = InProcessEngine(server.catalog(settings), stall_grace=settings.stall_grace)
+    engine: Engine = InProcessEngine(server.catalog(settings), stall_grace=settings.stall_grace,
+                                     warm_up=settings.warm_up)
     app = server.create_app(settings, engine)
     if not reload or os.environ.get("WERKZEUG_RUN_MAIN") == "true":
         engine.start()  # not in the reloader's watching parent: only where it serves

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from ..errors import CorralError, InvalidInput, ModelError, new_error_id
 from ..model import Model
 from ..registry.spec import ModelSpec
+from ..schema.inputs import example_input
 from ..transport.protocol import Work
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,18 @@ def as_client_error(spec: ModelSpec, exc: BaseException) -> CorralError:
         f"under error id {error_id}.",
         error_id=error_id,
     )
+
+
+def warm_up(model: Model, spec: ModelSpec) -> None:
+    """One predict() on an input built from the schema's examples, after load() and before
+    the replica reports ready: the first client does not pay for lazy initialisation, and a
+    model that cannot predict fails as its load() would. Skipped when the examples do not
+    make a valid input. Raises what predict() raises."""
+    example = example_input(spec.input_type)
+    if example is None:
+        logger.debug("model %s: no example input in its schema; no warm-up", spec.key)
+        return
+    predict_json(model, spec, [example])
 
 
 def load_error(exc: BaseException, error_id: str) -> str:

@@ -354,8 +354,8 @@ class DispatchCore:
             self._replica_model[peer] = model
         model.expected.pop(msg.replica, None)
         replica.state = msg.state
-        if msg.replica >= model.config.replicas or self.stopping:
-            self._release(model, replica)
+        if msg.replica >= model.config.replicas or self.stopping or msg.state == "retiring":
+            self._release(model, replica)  # retiring: recycled after its max_requests
             return None
         if msg.state == "ready":
             model.failed.pop(msg.replica, None)

@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from .. import metrics
 from ..batching.queue import Batch, Lane
-from ..dispatch.compute import compute, load_error, outcome_frames, split_groups
+from ..dispatch.compute import compute, load_error, outcome_frames, split_groups, warm_up
 from ..dispatch.core import DispatchCore, Kill, ModelConfig
 from ..dispatch.devices import model_device
 from ..engine import Engine, Handle, Input, ModelStatus, Outputs, outputs_of
@@ -108,9 +108,11 @@ class _ReplicaPeer:
 class InProcessEngine(Engine):
     """Every model version loaded in this process, dispatched by the shared core."""
 
-    def __init__(self, specs: Iterable[ModelSpec], stall_grace: float = 30.0) -> None:
+    def __init__(self, specs: Iterable[ModelSpec], stall_grace: float = 30.0,
+                 warm_up: bool = True) -> None:
         self._specs = {str(s.key): s for s in specs}
         self._stall_grace = stall_grace
+        self._warm_up = warm_up
         self._pid: int | None = None
         self._lock = threading.Lock()
 
@@ -263,8 +265,8 @@ class InProcessEngine(Engine):
         key = str(spec.key)
         started = time.monotonic()
         try:
-            model: Model = self._run(
-                lambda: _load_instance(spec.cls, model_device(spec.device_for(index))))
+            model: Model = self._run(lambda: _load_instance(
+                spec, model_device(spec.device_for(index)), self._warm_up))
         except BaseException as exc:  # whatever load() raises, the replica has failed
             error_id = new_error_id()
             logger.error("model %s replica %d: load() raised %s (error id %s)",
@@ -294,10 +296,12 @@ class InProcessEngine(Engine):
                     pid=os.getpid(), outcomes=meta, outputs=outputs)
 
 
-def _load_instance(cls: type[Model], device: str) -> Model:
+def _load_instance(spec: ModelSpec, device: str, warm: bool) -> Model:
     # In-process replicas share one process: ``device`` is only advisory here, since
     # visibility variables cannot differ between threads.
-    model = cls()
+    model = spec.cls()
     model.device = device
     model.load()
+    if warm:
+        warm_up(model, spec)
     return model

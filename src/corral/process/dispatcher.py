@@ -29,6 +29,7 @@ from ..dispatch.status import ModelStatus
 from ..log import configure_logging
 from ..transport.protocol import Configure, Hello, Message, ProtocolError, decode, encode
 from .runtime import Runtime
+from .title import set_title
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ class Dispatcher:
 
 def main(argv: list[str]) -> int:
     runtime = Runtime(argv[0])
+    set_title("dispatcher", runtime.path)
     _, settings = runtime.read_plan()
     configure_logging(settings.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

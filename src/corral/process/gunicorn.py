@@ -84,6 +84,8 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "timeout": s.timeout,
             "graceful_timeout": s.graceful_timeout,
             "keepalive": s.keepalive,
+            "max_requests": s.max_requests,
+            "max_requests_jitter": s.max_requests_jitter,
             "errorlog": "-",
             "loglevel": s.log_level,
             "proc_name": "corral",

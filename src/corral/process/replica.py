@@ -33,6 +33,7 @@ from ..dispatch.compute import (
     load_error,
     outcome_frames,
     split_groups,
+    warm_up,
 )
 from ..dispatch.devices import model_device
 from ..errors import CorralError, InvalidInput, new_error_id
@@ -42,6 +43,7 @@ from ..registry.spec import ModelSpec
 from ..schema.inputs import validate_item
 from ..transport.protocol import Done, Hello, ProtocolError, Stop, Work, decode, encode
 from .runtime import Runtime
+from .title import set_title
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +71,18 @@ def _send(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
 
 
 def serve_batches(sock: zmq.Socket[bytes], model: Model, spec: ModelSpec, hello: Hello) -> None:
-    """Compute Work until the dispatcher says Stop."""
+    """Compute Work until the dispatcher says Stop.
+
+    After ``spec.max_requests`` inputs the replica says it is retiring: the dispatcher
+    gives it no new work and tells it to stop once its batch is done, and the supervisor
+    starts a fresh one.
+    """
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
+    inputs_done = 0
     while True:
         if not poller.poll(HEARTBEAT_MS):
-            _send(sock, encode(hello))
+            _send(sock, encode(hello))  # "ready", or "retiring" until the dispatcher says Stop
             continue
         try:
             work = decode(sock.recv_multipart())
@@ -97,12 +105,19 @@ def serve_batches(sock: zmq.Socket[bytes], model: Model, spec: ModelSpec, hello:
         meta, outputs = outcome_frames(outcomes)
         _send(sock, encode(Done(batch=work.batch, model=hello.model, replica=hello.replica,
                                 pid=hello.pid, outcomes=meta, outputs=outputs)))
+        inputs_done += len(work.inputs)
+        if spec.max_requests and inputs_done >= spec.max_requests and hello.state == "ready":
+            logger.info("model %s replica %d (pid %d) computed %d inputs; retiring",
+                        spec.key, hello.replica, hello.pid, inputs_done)
+            hello.state = "retiring"
+            _send(sock, encode(hello))
 
 
 def main(argv: list[str]) -> int:
     runtime = Runtime(argv[0])
     key = argv[1]
     replica, attempt, starts = (int(a) for a in argv[2:5])
+    set_title(f"replica {key} #{replica}", runtime.path)
     target, settings = runtime.read_plan()
     configure_logging(settings.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -124,6 +139,8 @@ def main(argv: list[str]) -> int:
         model = spec.cls()
         model.device = model_device(spec.device_for(replica))
         model.load()
+        if settings.warm_up:
+            warm_up(model, spec)
     except Exception as exc:
         error_id = new_error_id()
         logger.error("model %s replica %d: load() raised %s (attempt %d of %d, error id %s)",

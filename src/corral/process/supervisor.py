@@ -42,6 +42,7 @@ from ..dispatch.core import MAX_REPLICAS
 from .replica import MAX_LOAD_ATTEMPTS
 from .runtime import ModelEntry, Runtime
 from .spawn import spawn
+from .title import set_title
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +125,11 @@ class Supervisor:
     # -- the loop ---------------------------------------------------------------------
 
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
+                    signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self._wake_w)
+        set_title("supervisor", self.runtime.path)
         logger.info("runtime directory %s", self.runtime.path)
         self._ctx = zmq.Context()
         control = self._ctx.socket(zmq.ROUTER)
@@ -156,10 +159,16 @@ class Supervisor:
         return self._exit_code
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: terminal closed
+        if signum in (signal.SIGTERM, signal.SIGINT):
             if not self._stopping:
                 logger.info("received %s; stopping", signal.Signals(signum).name)
             self._stopping = True
+        elif signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            # Gunicorn's own meaning, passed to its master: HUP replaces the HTTP workers
+            # gracefully, TTIN adds one, TTOU removes one.
+            master = next((c.proc for c in self.children if c.kind == "http" and c.proc), None)
+            if master is not None and master.poll() is None:
+                master.send_signal(signum)
 
     def _drain_wakeups(self) -> None:
         try:
@@ -207,6 +216,11 @@ class Supervisor:
             # Gunicorn could not start (port in use, bad address): nothing to serve.
             logger.error("Gunicorn %s during start-up; stopping (see its message above)", how)
             self._exit_code, self._stopping = 1, True
+            return
+        if child.kind == "replica" and code == 0:
+            # Recycled after its max_requests (the dispatcher let it finish): start afresh.
+            logger.info("%s recycled; starting a fresh one", child.label)
+            child.failures, child.load_attempt, child.restart_at = 0, 1, time.monotonic()
             return
         if child.kind == "replica":
             if loaded:

@@ -44,6 +44,7 @@ class ModelSpec:
     description: str
     devices: tuple[str, ...] = ()
     per_item_errors: bool = False
+    max_requests: int | None = None
 
     def device_for(self, replica: int) -> str | None:
         """The device replica ``replica`` runs on, or None when the model names none."""
@@ -125,6 +126,7 @@ def build_spec(cls: type[Model], settings: Settings) -> ModelSpec:
         description=inspect.cleandoc(cls.__dict__.get("__doc__") or ""),
         devices=devices,
         per_item_errors=bool(cls.per_item_errors),
+        max_requests=overrides.max_requests or cls.max_requests,
     )
 
 

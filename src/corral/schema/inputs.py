@@ -155,3 +155,29 @@ def _invalid(errors: list[dict[str, Any]]) -> InvalidInput:
     fields = ", ".join(".".join(str(p) for p in e["loc"]) or "(body)" for e in errors[:5])
     more = f" and {len(errors) - 5} more" if len(errors) > 5 else ""
     return InvalidInput(f"Invalid input: {fields}{more}.", errors=errors)
+
+
+def example_from_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """An input built from a JSON Schema's field examples and defaults, or None when a
+    required field has neither."""
+    example: dict[str, Any] = {}
+    for field, prop in schema.get("properties", {}).items():
+        if prop.get("examples"):
+            example[field] = prop["examples"][0]
+        elif "default" in prop:
+            example[field] = prop["default"]
+        elif field in schema.get("required", []):
+            return None
+    return example
+
+
+def example_input(input_type: type[BaseModel]) -> BaseModel | None:
+    """A valid input of ``input_type`` from its schema's examples, for warming a model up;
+    None when the examples do not make one."""
+    example = example_from_schema(input_type.model_json_schema())
+    if example is None:
+        return None
+    try:
+        return validate_item(input_type, json.dumps(example).encode())
+    except (ValidationError, TypeError, ValueError):
+        return None

@@ -18,7 +18,7 @@ from ..config import Settings
 from ..registry.catalog import Catalog
 from ..errors import InvalidInput
 from ..registry.spec import ModelSpec
-from .inputs import validate_inputs
+from .inputs import example_from_schema, validate_inputs
 from .api_types import (
     AdminAccepted,
     Health,
@@ -350,13 +350,4 @@ def _model_examples(spec: ModelSpec, settings: Settings) -> dict[str, tuple[str,
 def _example(schemas: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any] | None:
     """An input built from the fields' examples and defaults, if every required field has one."""
     name = str(ref.get("$ref", "")).rsplit("/", 1)[-1]
-    schema = schemas.get(name, {})
-    example: dict[str, Any] = {}
-    for field, prop in schema.get("properties", {}).items():
-        if prop.get("examples"):
-            example[field] = prop["examples"][0]
-        elif "default" in prop:
-            example[field] = prop["default"]
-        elif field in schema.get("required", []):
-            return None
-    return example
+    return example_from_schema(schemas.get(name, {}))

@@ -100,7 +100,8 @@ class Failure(Message):
 
 @dataclass
 class Hello(Message):
-    """A replica's state: ``loading``, ``ready`` (also sent as an idle heartbeat) or ``failed``."""
+    """A replica's state: ``loading``, ``ready`` (also sent as an idle heartbeat), ``failed``,
+    or ``retiring`` (it has computed its ``max_requests``: stop it after its batch)."""
 
     TYPE = 7
     model: str

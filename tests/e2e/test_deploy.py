@@ -1,0 +1,105 @@
+"""`corral serve` as operators run it: Gunicorn's signals, worker and replica recycling,
+process titles."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ServerProcess
+from tests.e2e.test_workers import BASIC, FAST_LOAD, http_workers, model_procs, post
+from tests.proctree import descendants, wait_until
+
+pytestmark = pytest.mark.slow
+
+Serve = Callable[..., ServerProcess]
+
+
+class Traffic:
+    """Requests on fresh connections from a few threads until stopped; every status kept."""
+
+    def __init__(self, server: ServerProcess, threads: int = 4,
+                 body: dict[str, object] | None = None) -> None:
+        self.server, self.body = server, body or {"values": [1], "delay": 0.05}
+        self.statuses: list[int | str] = []
+        self.pids: set[int] = set()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                resp = requests.post(self.server.url + "/v1/models/sum/predict", json=self.body,
+                                     timeout=30, headers={"Connection": "close"})
+                self.statuses.append(resp.status_code)
+                if resp.status_code == 200:
+                    self.pids.add(resp.json()["pid"])
+            except requests.RequestException as exc:
+                self.statuses.append(type(exc).__name__)
+
+    def stop(self) -> list[int | str]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+        return self.statuses
+
+
+def test_sighup_replaces_the_http_workers_dropping_no_request(serve: Serve) -> None:
+    server = serve(BASIC, "--workers", "2", env=FAST_LOAD)
+    wait_until(lambda: len(http_workers(server)) == 2, 30, "two HTTP workers")
+    before = {p.pid for p in http_workers(server)}
+    traffic = Traffic(server)
+    time.sleep(1)
+    os.kill(server.proc.pid, signal.SIGHUP)  # to the supervisor, as to Gunicorn's master
+    wait_until(lambda: len(http_workers(server)) == 2
+               and not before & {p.pid for p in http_workers(server)}, 60,
+               "both HTTP workers to be replaced")
+    time.sleep(1)
+    statuses = traffic.stop()
+    assert len(statuses) > 20 and set(statuses) == {200}, statuses
+    assert server.proc.poll() is None  # the server is still up
+
+
+def test_ttin_and_ttou_add_and_remove_http_workers(serve: Serve) -> None:
+    server = serve(BASIC, "--workers", "2", env=FAST_LOAD)
+    wait_until(lambda: len(http_workers(server)) == 2, 30, "two HTTP workers")
+    os.kill(server.proc.pid, signal.SIGTTIN)
+    wait_until(lambda: len(http_workers(server)) == 3, 30, "a third HTTP worker")
+    os.kill(server.proc.pid, signal.SIGTTOU)
+    wait_until(lambda: len(http_workers(server)) == 2, 60, "back to two")
+    assert post(server, "/v1/models/sum/predict", {"values": [2]}).json()["total"] == 2
+
+
+def test_recycling_http_workers_and_replicas_drops_no_request(serve: Serve) -> None:
+    server = serve(BASIC, "--workers", "2", "--max-requests", "10",
+                   env={**FAST_LOAD, "CORRAL_MODELS__SUM__MAX_REQUESTS": "8"})
+    wait_until(lambda: len(http_workers(server)) == 2, 30, "two HTTP workers")
+    workers_before = {p.pid for p in http_workers(server)}
+    (replica,) = model_procs(server, "replica", "sum")
+    traffic = Traffic(server)
+    wait_until(lambda: len(traffic.pids) >= 3, 90, "the replica to be recycled twice")
+    statuses = traffic.stop()
+    assert set(statuses) == {200}, statuses
+    assert replica.pid in traffic.pids
+    assert not workers_before & {p.pid for p in http_workers(server)}  # recycled too
+    assert "recycled" in server.log()
+
+
+def test_processes_carry_readable_titles(serve: Serve) -> None:
+    server = serve(BASIC, env=FAST_LOAD)
+    titles = [" ".join(p.argv) for p in descendants(server.proc.pid)]
+    run_dir = next(t for t in titles if t.startswith("corral: dispatcher")).split("[")[1]
+    assert Path(f"/proc/{server.proc.pid}/cmdline").read_bytes().startswith(
+        b"corral: supervisor [")
+    assert f"corral: replica sum:1 #0 [{run_dir}" in titles
+    assert any(t.startswith("gunicorn: master [corral]") for t in titles)
+    assert any(t.startswith("gunicorn: worker [corral]") for t in titles)
