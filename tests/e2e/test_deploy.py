@@ -86,11 +86,12 @@ def test_recycling_http_workers_and_replicas_drops_no_request(serve: Serve) -> N
     workers_before = {p.pid for p in http_workers(server)}
     (replica,) = model_procs(server, "replica", "sum")
     traffic = Traffic(server)
-    wait_until(lambda: len(traffic.pids) >= 3, 90, "the replica to be recycled twice")
+    wait_until(lambda: len(traffic.pids) >= 3
+               and not workers_before & {p.pid for p in http_workers(server)}, 90,
+               "the replica to be recycled twice and both HTTP workers once")
     statuses = traffic.stop()
     assert set(statuses) == {200}, statuses
     assert replica.pid in traffic.pids
-    assert not workers_before & {p.pid for p in http_workers(server)}  # recycled too
     assert "recycled" in server.log()
 
 

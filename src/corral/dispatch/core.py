@@ -352,10 +352,16 @@ class DispatchCore:
             replica = _Replica(peer, msg.replica, msg.pid)
             model.replicas[peer] = replica
             self._replica_model[peer] = model
-        model.expected.pop(msg.replica, None)
+        if msg.state in ("ready", "failed"):
+            model.expected.pop(msg.replica, None)
         replica.state = msg.state
+        if msg.state == "retiring" and msg.replica < model.config.replicas:
+            # Recycled after its max_requests: its slot counts as ready until the fresh
+            # replica is (requests queue for it rather than being refused as loading).
+            model.expected[msg.replica] = (self.clock() + model.config.batching.timeout
+                                           + HELLO_GRACE)
         if msg.replica >= model.config.replicas or self.stopping or msg.state == "retiring":
-            self._release(model, replica)  # retiring: recycled after its max_requests
+            self._release(model, replica)
             return None
         if msg.state == "ready":
             model.failed.pop(msg.replica, None)
