@@ -2,7 +2,7 @@
 
 ``corral.wsgi:application`` serves the app that ``CORRAL_APP`` names
 (``path/to/app.py`` or ``module:attr``), with every setting from the ``CORRAL_*``
-environment; it is built when the server first asks for it. ``create_app`` is the
+environment. ``create_app`` is the
 factory, for servers that call one (``gunicorn 'corral.wsgi:create_app("app.py")'``)
 and for mounting Corral inside another WSGI app.
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
 
-application: Flask  # made by __getattr__ below, on first access
+application: Flask  # below, when CORRAL_APP is set
 
 
 def create_app(app: str | None = None, **settings: Any) -> Flask:
@@ -35,14 +35,20 @@ def create_app(app: str | None = None, **settings: Any) -> Flask:
     if not built.app:
         raise StartupError("Set CORRAL_APP to the models to serve, e.g. CORRAL_APP=app.py, "
                            "or pass the app to create_app().")
-    return load_server(built.app).create_app(built)
+    app = load_server(built.app).create_app(built)
+    # Load the models now rather than at the first request, so that /readyz means it. The
+    # engine starts again in a process forked after this (a server that preloads apps).
+    app.extensions["corral.engine"].start()
+    return app
 
 
-def __getattr__(name: str) -> Any:
-    # ``application`` is made on first access, so that importing this module for
-    # create_app() needs no CORRAL_APP.
-    if name == "application":
-        global application
-        application = create_app()
-        return application
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+if Settings().app:
+    # Made at import (some servers, uWSGI among them, read the module's dict directly).
+    application = create_app()
+else:
+
+    def __getattr__(name: str) -> Any:
+        # Imported for create_app() alone, with no CORRAL_APP: say what is missing.
+        if name == "application":
+            create_app()  # raises StartupError: set CORRAL_APP
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
