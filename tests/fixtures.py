@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -36,6 +37,7 @@ class SumModel(corral.Model):
     seen: list[list[float]] = []
 
     def predict(self, batch: list[Numbers]) -> list[Total]:
+        logging.getLogger("tests.sum").info("sum model computing %d inputs", len(batch))
         type(self).batch_sizes.append(len(batch))
         type(self).seen.extend(x.values for x in batch)
         record = os.environ.get("SUM_RECORD_FILE")

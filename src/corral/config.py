@@ -114,7 +114,14 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the corral.* loggers."
     )
-    access_log: bool = Field(False, description="Log every request (Gunicorn access log).")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as plain text, or as JSON objects (one per line).")
+    access_log: bool = Field(
+        False, description="Log one line per request: client, method, path, status, latency, "
+        "model, batch size and request id.")
+    proxy_hops: int = Field(
+        0, ge=0, description="Proxies in front of the server (nginx: 1) whose X-Forwarded-For, "
+        "-Proto and -Host are trusted for the client's address; 0: none.")
     models: dict[str, ModelOverrides] = Field(
         default_factory=dict,
         description="Per-model overrides, e.g. CORRAL_MODELS__IRIS__MAX_SIZE=64.",

@@ -58,6 +58,9 @@ def outputs_of(result: Result) -> Outputs:
 class Handle(ABC):
     """One submitted request."""
 
+    #: Once the result is in: the size of the largest batch that computed part of it.
+    batch: int = 0
+
     @abstractmethod
     def result(self, timeout: float, client: socket.socket | None = None) -> Outputs:
         """Wait up to ``timeout`` seconds; return one output (JSON) per input, or the
@@ -86,9 +89,10 @@ class Engine(ABC):
 
     @abstractmethod
     def submit(self, key: ModelKey, inputs: list[Input], deadline: float,
-               lane: Lane = "live") -> Handle:
+               lane: Lane = "live", request_id: str = "") -> Handle:
         """Queue validated inputs; raise Overloaded, ModelLoading, ModelFailed or
-        ModelUnloaded at once if refused. ``background`` work (jobs) ranks below live."""
+        ModelUnloaded at once if refused. ``background`` work (jobs) ranks below live;
+        ``request_id`` tags the log lines of the batches that compute it."""
 
     @abstractmethod
     def status(self, key: ModelKey) -> ModelStatus:

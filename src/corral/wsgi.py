@@ -35,11 +35,11 @@ def create_app(app: str | None = None, **settings: Any) -> Flask:
     if not built.app:
         raise StartupError("Set CORRAL_APP to the models to serve, e.g. CORRAL_APP=app.py, "
                            "or pass the app to create_app().")
-    app = load_server(built.app).create_app(built)
+    flask_app = load_server(built.app).create_app(built)
     # Load the models now rather than at the first request, so that /readyz means it. The
     # engine starts again in a process forked after this (a server that preloads apps).
-    app.extensions["corral.engine"].start()
-    return app
+    flask_app.extensions["corral.engine"].start()
+    return flask_app
 
 
 if Settings().app:

@@ -104,3 +104,35 @@ def test_processes_carry_readable_titles(serve: Serve) -> None:
     assert f"corral: replica sum:1 #0 [{run_dir}" in titles
     assert any(t.startswith("gunicorn: master [corral]") for t in titles)
     assert any(t.startswith("gunicorn: worker [corral]") for t in titles)
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_request_log_and_request_ids_reach_the_models_own_log(serve: Serve, fmt: str) -> None:
+    server = serve(BASIC, env={**FAST_LOAD, "CORRAL_ACCESS_LOG": "1", "CORRAL_LOG_FORMAT": fmt})
+    resp = requests.post(server.url + "/v1/models/sum/predict", json={"values": [4]},
+                         headers={"X-Request-ID": "req-abc.123"}, timeout=30)
+    assert resp.status_code == 200 and resp.headers["X-Request-ID"] == "req-abc.123"
+    made = requests.post(server.url + "/v1/models/sum/predict", json={"values": "x"},
+                         headers={"X-Request-ID": "bad id with spaces"}, timeout=30)
+    assert made.status_code == 422 and len(made.headers["X-Request-ID"]) == 32  # a new one
+
+    def logged() -> bool:
+        return "req-abc.123" in server.log() and made.headers["X-Request-ID"] in server.log()
+
+    wait_until(logged, 10, "the request log lines")
+    lines = [line for line in server.log().splitlines() if "req-abc.123" in line]
+    if fmt == "text":
+        access = next(line for line in lines if "corral.access" in line)
+        assert '"POST /v1/models/sum/predict" 200' in access and "model=sum:1" in access
+        assert "batch=1" in access and "corral.access: 127.0.0.1 " in access
+        model_line = next(line for line in lines if "sum model computing" in line)
+        assert model_line.endswith("[request req-abc.123]")
+    else:
+        import json
+
+        docs = [json.loads(line) for line in lines]
+        access = next(d for d in docs if d["logger"] == "corral.access")
+        assert (access["status"], access["model"], access["batch"], access["client"]) == (
+            200, "sum:1", 1, "127.0.0.1")
+        model_doc = next(d for d in docs if d["message"] == "sum model computing 1 inputs")
+        assert model_doc["request_ids"] == ["req-abc.123"] and model_doc["logger"] == "tests.sum"

@@ -186,7 +186,8 @@ def test_ready_replica_gets_work_at_once_when_idle() -> None:
     assert core.status(KEY).state == "ready"
     work = only_work(submit(core, clock, 1, n=2), "r0")
     assert (work.groups, work.inputs) == ([2], [100, 101])
-    assert done(core, "r0", work) == [Send("client", Result(id=1, outputs=out(100, 101)))]
+    assert done(core, "r0", work) == [Send("client", Result(id=1, batch=2,
+                                                           outputs=out(100, 101)))]
 
 
 def test_batches_respect_max_size() -> None:
@@ -214,7 +215,7 @@ def test_large_request_is_split_and_answered_once_in_order() -> None:
     second = only_work(effects, "r0")
     assert (second.groups, second.inputs) == ([2], [104, 105])
     effects = done(core, "r0", second)
-    assert effects == [Send("client", Result(id=1, outputs=out(*range(100, 106))))]
+    assert effects == [Send("client", Result(id=1, batch=4, outputs=out(*range(100, 106))))]
 
 
 def test_two_replicas_hold_slices_of_one_request() -> None:
@@ -229,7 +230,7 @@ def test_two_replicas_hold_slices_of_one_request() -> None:
     earlier = "r1" if later == "r0" else "r0"
     assert done(core, later, sent[later], index=int(later[1])) == []
     effects = done(core, earlier, sent[earlier], index=int(earlier[1]))
-    assert effects == [Send("client", Result(id=1, outputs=out(*range(100, 108))))]
+    assert effects == [Send("client", Result(id=1, batch=4, outputs=out(*range(100, 108))))]
 
 
 def test_small_request_waits_max_wait_while_a_replica_is_busy() -> None:
@@ -423,7 +424,7 @@ def test_scale_down_stops_a_busy_replica_only_after_its_done() -> None:
     assert core.take_effects() == []
     assert done(core, "r1", sent["r1"], index=1) == [Send("r1", Stop())]
     effects = done(core, "r0", sent["r0"])
-    assert effects == [Send("client", Result(id=1, outputs=out(*range(100, 108))))]
+    assert effects == [Send("client", Result(id=1, batch=4, outputs=out(*range(100, 108))))]
     # Only r0 gets work from now on.
     assert only_work(submit(core, clock, 2), "r0").inputs == [200]
     status = core.status(KEY)
@@ -458,7 +459,7 @@ def test_unload_fails_queued_requests() -> None:
     assert core.depth(KEY) == 0
     assert error_types(submit(core, clock, 4)) == {4: "model-unloaded"}
     # The batch in flight is still answered, then the replica is told to stop.
-    assert done(core, "r0", work) == [Send("client", Result(id=1, outputs=out(100))),
+    assert done(core, "r0", work) == [Send("client", Result(id=1, batch=1, outputs=out(100))),
                                       Send("r0", Stop())]
 
 

@@ -11,6 +11,7 @@ from ..schema.openapi import ApiInfo, build_openapi
 from .docs import install_docs
 from .cors import install_cors
 from .problems import install_error_handlers
+from .requestlog import install_request_log
 from .routes import Routes
 
 
@@ -26,6 +27,7 @@ def create_app(catalog: Catalog, engine: Engine, settings: Settings,
     app.url_map.merge_slashes = False  # "//v1//models" is a 404, not a redirect
     app.url_map.strict_slashes = False  # "/v1/models/" is "/v1/models"
     install_error_handlers(app)
+    install_request_log(app, settings)
     Routes(catalog, engine, settings).register(app)
     if settings.admin_token is not None:
         from .admin import Admin

@@ -6,7 +6,7 @@ import re
 import time
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 
 from ..config import Settings
 from ..engine import Engine
@@ -86,13 +86,15 @@ class Routes:
         payload = parse_json(body, self.settings.max_json_depth)
         inputs, is_batch = validate_inputs(spec.input_type, body, payload,
                                            min(self.settings.max_items, spec.batching.max_queue))
-        handle = self.engine.submit(spec.key, inputs, deadline)
+        g.model = spec.key
+        handle = self.engine.submit(spec.key, inputs, deadline, request_id=g.request_id)
         try:
             outputs = handle.result(deadline - time.monotonic(),
                                     request.environ.get("gunicorn.socket"))
         except (RequestTimeout, ClientClosedRequest):
             handle.cancel()
             raise
+        g.batch = handle.batch
         if not is_batch:
             if isinstance(outputs[0], CorralError):
                 raise outputs[0]

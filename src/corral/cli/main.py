@@ -85,7 +85,7 @@ def serve(app: str, dev: bool, reload: bool, **flags: Any) -> None:
     if reload and not dev:
         raise click.UsageError("--reload is for development: use it with --dev.")
     settings = build_settings(**flags)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     server = _load(app, settings)
     from .serve import serve_dev, serve_supervised
 
@@ -108,7 +108,7 @@ def models(app: str, **flags: Any) -> None:
     of each model and batching across all its workers.
     """
     settings = build_settings(**flags)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     server = _load(app, settings)
     from .serve import serve_supervised
 

@@ -106,6 +106,8 @@ class _Request:
     outputs: list[bytes | None]
     filled: int = 0  # inputs with an output or an error
     errors: list[dict[str, Any]] = field(default_factory=list)  # inputs that failed alone
+    request_id: str = ""
+    batch: int = 0  # largest batch that computed part of it
     finished: bool = False
 
 
@@ -307,7 +309,8 @@ class DispatchCore:
         refusal = self._refusal(model, msg)
         if refusal is None:
             assert model is not None
-            req = _Request(client, msg.id, model.key, [None] * len(msg.inputs))
+            req = _Request(client, msg.id, model.key, [None] * len(msg.inputs),
+                           request_id=msg.request_id[:128])
             lane: Lane = "background" if msg.lane == "background" else "live"
             ticket = Ticket(msg.inputs, msg.deadline, lane=lane, context=req)
             try:
@@ -405,6 +408,7 @@ class DispatchCore:
             if "error" in outcome:
                 self._fail(piece.ticket, error_from_dict(outcome["error"] or {}))
                 continue
+            req.batch = max(req.batch, batch.size)
             items = outcome.get("items") or [None] * (piece.stop - piece.start)
             for i, error in enumerate(items, start=piece.start):
                 if error is None:
@@ -418,7 +422,7 @@ class DispatchCore:
                 req.finished = True
                 self.requests.pop((req.client, req.id), None)
                 self.effects.append(Send(req.client, Result(
-                    id=req.id, errors=req.errors,
+                    id=req.id, batch=req.batch, errors=req.errors,
                     outputs=[o or b"" for o in req.outputs])))
 
     def replica_gone(self, peer: Peer, how: str) -> None:
@@ -491,6 +495,7 @@ class DispatchCore:
             replica.batch_deadline = max(piece.ticket.deadline for piece in batch.slices)
             self.effects.append(Send(replica.peer, Work(
                 batch=batch_id, groups=[s.stop - s.start for s in batch.slices],
+                request_ids=[s.ticket.context.request_id for s in batch.slices],
                 inputs=batch.inputs())))
             if self.on_batch is not None:
                 try:

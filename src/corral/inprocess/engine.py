@@ -16,6 +16,7 @@ CPU-bound model never blocks the event loop.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 import os
@@ -34,6 +35,7 @@ from ..dispatch.devices import model_device
 from ..engine import Engine, Handle, Input, ModelStatus, Outputs, outputs_of
 from ..errors import ModelNotFound, RequestTimeout, error_from_dict, new_error_id
 from ..green import gevent_patched
+from ..log import REQUEST_IDS
 from ..model import Model
 from ..registry.spec import ModelKey, ModelSpec
 from ..transport.protocol import Cancel, Done, Failure, Hello, Message, Result, Submit, Work
@@ -91,6 +93,7 @@ class _Pending(Handle):
         if isinstance(self._msg, Failure):
             raise error_from_dict(self._msg.error)
         assert isinstance(self._msg, Result)
+        self.batch = self._msg.batch
         return outputs_of(self._msg)
 
     def cancel(self) -> None:
@@ -159,13 +162,14 @@ class InProcessEngine(Engine):
     # -- requests ---------------------------------------------------------------------
 
     def submit(self, key: ModelKey, inputs: list[Input], deadline: float,
-               lane: Lane = "live") -> Handle:
+               lane: Lane = "live", request_id: str = "") -> Handle:
         self._spec(key)
         with self._cond:
             rid = next(self._ids)
             pending = self._pending[rid] = _Pending(self, key, rid)
             self._core.handle(_CLIENT, Submit(id=rid, model=str(key), deadline=deadline,
-                                              lane=lane, inputs=[i.value for i in inputs]))
+                                              lane=lane, request_id=request_id,
+                                              inputs=[i.value for i in inputs]))
             self._flush()
         if pending.refused():
             pending.result(0)  # raises the refusal now
@@ -289,7 +293,13 @@ class InProcessEngine(Engine):
     def _compute(self, peer: _ReplicaPeer, model: Model, work: Work) -> Done:
         spec = peer.spec
         started = time.perf_counter()
-        outcomes = compute(model, spec, split_groups(work), self._run)
+        token = REQUEST_IDS.set(",".join(i for i in work.request_ids if i))
+        try:
+            context = contextvars.copy_context()  # for an OS thread of gevent's pool too
+            outcomes = compute(model, spec, split_groups(work),
+                               lambda fn: self._run(lambda: context.run(fn)))
+        finally:
+            REQUEST_IDS.reset(token)
         metrics.PREDICT_DURATION.labels(spec.name).observe(time.perf_counter() - started)
         meta, outputs = outcome_frames(outcomes)
         return Done(batch=work.batch, model=str(spec.key), replica=peer.index,

@@ -75,6 +75,7 @@ class _RemoteHandle(Handle):
             raise error_from_dict(msg.error)
         if not isinstance(msg, Result):
             raise WorkerCrashed(f"The dispatcher of model {self.key} answered out of protocol.")
+        self.batch = msg.batch
         return outputs_of(msg)
 
     def cancel(self) -> None:
@@ -138,11 +139,11 @@ class DispatcherEngine(Engine):
         return channel
 
     def submit(self, key: ModelKey, inputs: list[Input], deadline: float,
-               lane: Lane = "live") -> Handle:
+               lane: Lane = "live", request_id: str = "") -> Handle:
         channel = self._channel()
         rid = next(self._ids)
         frames = encode(Submit(id=rid, model=str(key), deadline=deadline, lane=lane,
-                               inputs=[i.json for i in inputs]))
+                               request_id=request_id, inputs=[i.json for i in inputs]))
         try:
             channel.send(frames, rid)
         except SendFailed:

@@ -155,7 +155,7 @@ def main(argv: list[str]) -> int:
     runtime = Runtime(argv[0])
     set_title("dispatcher", runtime.path)
     _, settings = runtime.read_plan()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     models = runtime.read_models()
     core = DispatchCore((ModelConfig(m.key, m.batching, m.replicas) for m in models),

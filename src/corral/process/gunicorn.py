@@ -93,8 +93,6 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "worker_exit": _worker_exit,
             "child_exit": _child_exit,
         }
-        if s.access_log:
-            options["accesslog"] = "-"
         if "control_socket_disable" in self.cfg.settings:
             # Gunicorn's control socket has one fixed path per user: two servers would clash.
             options["control_socket_disable"] = True
@@ -110,7 +108,7 @@ def main(argv: list[str]) -> int:
 
     runtime = Runtime(argv[0])
     target, settings = runtime.read_plan()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     server = load_server(target)
     GunicornServer(settings, lambda: server.create_app(settings, DispatcherEngine(runtime))).run()
     return 0

@@ -37,7 +37,7 @@ from ..dispatch.compute import (
 )
 from ..dispatch.devices import model_device
 from ..errors import CorralError, InvalidInput, new_error_id
-from ..log import configure_logging
+from ..log import REQUEST_IDS, configure_logging
 from ..model import Model
 from ..registry.spec import ModelSpec
 from ..schema.inputs import validate_item
@@ -98,7 +98,11 @@ def serve_batches(sock: zmq.Socket[bytes], model: Model, spec: ModelSpec, hello:
         decoded = [_decode_inputs(spec, g) for g in split_groups(work)]
         valid = [g for g in decoded if not isinstance(g, CorralError)]
         started = time.perf_counter()
-        computed = iter(compute(model, spec, valid)) if valid else iter([])
+        token = REQUEST_IDS.set(",".join(i for i in work.request_ids if i))
+        try:
+            computed = iter(compute(model, spec, valid)) if valid else iter([])
+        finally:
+            REQUEST_IDS.reset(token)
         metrics.PREDICT_DURATION.labels(spec.name).observe(time.perf_counter() - started)
         outcomes: list[Outcome] = [g if isinstance(g, CorralError) else next(computed)
                                    for g in decoded]
@@ -119,7 +123,7 @@ def main(argv: list[str]) -> int:
     replica, attempt, starts = (int(a) for a in argv[2:5])
     set_title(f"replica {key} #{replica}", runtime.path)
     target, settings = runtime.read_plan()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     name, _, version = key.rpartition(":")
     spec = load_server(target).catalog(settings).resolve(name, version)

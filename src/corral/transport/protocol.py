@@ -63,6 +63,7 @@ class Submit(Message):
     model: str
     deadline: float
     lane: str = "live"
+    request_id: str = ""  # for the logs of the batches that compute it
     inputs: list[Any] = field(default_factory=list)
 
 
@@ -85,6 +86,7 @@ class Result(Message):
     TYPE = 4
     PAYLOAD = "outputs"
     id: int
+    batch: int = 0  # the size of the largest batch that computed part of it
     errors: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[bytes] = field(default_factory=list)
 
@@ -113,12 +115,14 @@ class Hello(Message):
 
 @dataclass
 class Work(Message):
-    """A batch: ``groups`` gives how many of ``inputs`` belong to each request, in order."""
+    """A batch: ``groups`` gives how many of ``inputs`` belong to each request, in order;
+    ``request_ids`` the ids of the requests in it, for the replica's logs."""
 
     TYPE = 8
     PAYLOAD = "inputs"
     batch: int
     groups: list[int]
+    request_ids: list[str] = field(default_factory=list)
     inputs: list[Any] = field(default_factory=list)
 
 
@@ -196,6 +200,7 @@ _CHECKS: dict[str, Any] = {
     "bool": lambda v: isinstance(v, bool),
     "dict[str, Any] | None": lambda v: v is None or isinstance(v, dict),
     "list[Any]": lambda v: True,  # payload frames are bytes by construction
+    "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
     "list[int]": lambda v: isinstance(v, list) and all(_CHECKS["int"](x) for x in v),
     "list[bytes]": lambda v: True,  # payload frames are bytes by construction
     "dict[str, Any]": lambda v: isinstance(v, dict),

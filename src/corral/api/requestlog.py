@@ -1,0 +1,61 @@
+"""Request ids and the request log.
+
+Every response carries ``X-Request-ID``: the client's own (letters, digits and
+``._:/=+-``, at most 128 characters) or a new random one. The id travels with the
+request to the batch that computes it, so the model's log lines during that batch carry
+it too. With ``CORRAL_ACCESS_LOG=1`` each request gets one line (logger
+``corral.access``): client address, method, path, status, latency, model version,
+batch size and request id; as JSON fields with ``CORRAL_LOG_FORMAT=json``. Behind
+``CORRAL_PROXY_HOPS`` proxies, the client address is taken from their
+``X-Forwarded-For``, trusting exactly that many hops.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from ..config import Settings
+
+HEADER = "X-Request-ID"
+_VALID = re.compile(r"^[A-Za-z0-9._:/=+\-]{1,128}$")
+
+access = logging.getLogger("corral.access")
+
+
+def install_request_log(app: Flask, settings: Settings) -> None:
+    if settings.proxy_hops:
+        hops = settings.proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops,  # type: ignore[method-assign]
+                                x_host=hops)
+
+    @app.before_request
+    def take_request_id() -> None:
+        given = request.headers.get(HEADER, "")
+        g.request_id = given if _VALID.match(given) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def log_request(response: Response) -> Response:
+        request_id = getattr(g, "request_id", None)
+        if request_id is None:  # the request failed before before_request ran
+            return response
+        response.headers[HEADER] = request_id
+        if settings.access_log:
+            ms = (time.perf_counter() - g.started) * 1000
+            model = str(getattr(g, "model", "") or "-")
+            batch = getattr(g, "batch", 0) or "-"
+            access.info('%s "%s %s" %d %.1fms model=%s batch=%s id=%s', request.remote_addr,
+                        request.method, request.full_path.rstrip("?"), response.status_code,
+                        ms, model, batch, request_id, extra={"request": {
+                            "client": request.remote_addr, "method": request.method,
+                            "path": request.path, "status": response.status_code,
+                            "latency_ms": round(ms, 3), "model": model,
+                            "batch": batch if batch != "-" else None,
+                            "request_id": request_id}})
+        return response
