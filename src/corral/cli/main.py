@@ -127,6 +127,28 @@ def openapi(app: str) -> None:
     click.echo(json.dumps(doc, indent=2))
 
 
+@cli.command()
+@click.argument("instances", nargs=-1, required=True)
+@click.option("--port", "listen", default="127.0.0.1:8080", show_default=True,
+              help="Where nginx listens: PORT or HOST:PORT.")
+@click.option("--app", help="The app the instances serve: proxy timeouts follow its "
+              "models' timeouts (default: Corral's default of 30 s).")
+def nginx(instances: tuple[str, ...], listen: str, app: str | None) -> None:
+    """Print an nginx site config for Corral INSTANCES (HOST:PORT ...)."""
+    from ..model import Batching
+    from .nginx import site_config
+
+    for instance in instances:
+        host, _, port = instance.rpartition(":")
+        if not host or not port.isdigit():
+            raise click.UsageError(f"{instance!r} is not HOST:PORT.")
+    settings = build_settings()
+    timeout = Batching().timeout
+    if app:
+        timeout = max(spec.batching.timeout for spec in _load(app, settings).catalog(settings))
+    click.echo(site_config(list(instances), listen, settings, timeout), nl=False)
+
+
 def main() -> None:
     """Entry point of the ``corral`` script."""
     sys.exit(cli(standalone_mode=True))
