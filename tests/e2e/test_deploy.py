@@ -136,3 +136,41 @@ def test_request_log_and_request_ids_reach_the_models_own_log(serve: Serve, fmt:
             200, "sum:1", 1, "127.0.0.1")
         model_doc = next(d for d in docs if d["message"] == "sum model computing 1 inputs")
         assert model_doc["request_ids"] == ["req-abc.123"] and model_doc["logger"] == "tests.sum"
+
+
+def _pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_admin_api_over_http_unloads_freeing_memory_and_scales(serve: Serve) -> None:
+    server = serve(str(Path(BASIC).parent / "echo_only.py"),
+                   env={**FAST_LOAD, "CORRAL_ADMIN_TOKEN": "t0ken"})
+    auth = {"Authorization": "Bearer t0ken"}
+    assert requests.post(server.url + "/v1/models/sum/unload", timeout=10).status_code == 401
+    (replica,) = model_procs(server, "replica", "sum")
+    replica_pss = _pss_kib(replica.pid)
+    before = sum(_pss_kib(p.pid) for p in descendants(server.proc.pid))
+    resp = requests.post(server.url + "/v1/models/sum/unload", headers=auth, timeout=10)
+    assert resp.status_code == 202 and resp.json()["state"] == "unloaded"
+    wait_until(lambda: not model_procs(server, "replica", "sum"), 30, "the replica to exit")
+    after = sum(_pss_kib(p.pid) for p in descendants(server.proc.pid))
+    assert before - after > replica_pss // 2, (before, after, replica_pss)  # its memory is freed
+
+    resp = requests.put(server.url + "/v1/models/sum/replicas", json={"replicas": 3},
+                        headers=auth, timeout=10)
+    assert resp.status_code == 202 and resp.json()["replicas"] == 3
+    traffic = Traffic(server)
+    wait_until(lambda: len(model_procs(server, "replica", "sum")) == 3 and len(traffic.pids) >= 2,
+               60, "three replicas, answering")
+    statuses = traffic.stop()
+    # Requests sent while the model was coming back were refused as loading; none failed.
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[-1] == 200
+    for bad in (b"{", b'{"replicas": -1}', b'{"replicas": "3"}', b"[]"):
+        answer = requests.put(server.url + "/v1/models/sum/replicas", data=bad, headers={
+            **auth, "Content-Type": "application/json"}, timeout=10)
+        assert answer.status_code in (400, 422) and answer.headers["Content-Type"].startswith(
+            "application/problem+json")

@@ -53,24 +53,26 @@ class Admin:
         if not hmac.compare_digest(token.strip().encode(), self._token):
             raise Forbidden("The bearer token is not the admin token of this server.")
 
-    def _accepted(self, spec: ModelSpec) -> Response:
+    def _accepted(self, spec: ModelSpec, replicas: int) -> Response:
+        """202 with the replicas now wanted and the state as last reported (it follows)."""
         status = self.engine.status(spec.key)
-        body = AdminAccepted(name=spec.name, version=spec.version, replicas=status.replicas,
-                             state=status.state)
+        body = AdminAccepted(name=spec.name, version=spec.version, replicas=replicas,
+                             state="unloaded" if replicas == 0 else status.state)
         return Response(compact_json(body.model_dump(mode="json")), status=status_line(202),
                         mimetype="application/json")
 
     def load(self, name: str, version: str | None = None) -> Response:
         self._authorize()
         spec = self.catalog.resolve(name, version)
+        current = self.engine.status(spec.key).replicas
         self.engine.load(spec.key)
-        return self._accepted(spec)
+        return self._accepted(spec, current or spec.replicas)
 
     def unload(self, name: str, version: str | None = None) -> Response:
         self._authorize()
         spec = self.catalog.resolve(name, version)
         self.engine.unload(spec.key)
-        return self._accepted(spec)
+        return self._accepted(spec, 0)
 
     def replicas(self, name: str, version: str | None = None) -> Response:
         self._authorize()
@@ -86,4 +88,4 @@ class Admin:
             raise InvalidInput("Send {\"replicas\": N} with N from 0 to 64.",
                                errors=errors) from None
         self.engine.set_replicas(spec.key, wanted.replicas)
-        return self._accepted(spec)
+        return self._accepted(spec, wanted.replicas)
