@@ -292,7 +292,9 @@ def test_metrics_count_exactly_across_http_workers(serve: Serve) -> None:
 
 
 def test_each_replica_sees_only_its_device(serve: Serve) -> None:
-    server = serve(str(APPS / "devices.py"), env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    # SPT_NOENV: process titles must not overwrite the environment /proc shows below.
+    server = serve(str(APPS / "devices.py"), env={"CUDA_VISIBLE_DEVICES": "0,1",
+                                                  "SPT_NOENV": "1"})
     seen: dict[int, dict[str, Any]] = {}
 
     def both_replicas_answered() -> bool:
