@@ -119,6 +119,8 @@ class DispatcherEngine(Engine):
             self._local = threading.local()
             self._shared = None
             self._pid = os.getpid()
+            if self._green:  # connect now, not on the first request (called after the fork)
+                self._shared = GreenChannel(self._ctx, self._runtime.frontend, self._watch)
 
     def stop(self) -> None:
         if self._ctx is not None and self._pid == os.getpid():

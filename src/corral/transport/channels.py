@@ -89,22 +89,24 @@ class DispatcherWatch:
 
 
 # How long a send may wait for the dispatcher to be connected or to drain (bounded).
-_SEND_WAIT_MS = 500
+_SEND_WAIT = 2.0
+# Retry in short slices: under gevent, libzmq's edge-triggered descriptor can miss the
+# moment a socket becomes writable (zmq.green itself only rechecks every 1.33 s).
+_SEND_SLICE_MS = 50
 
 
 def _send(sock: Any, frames: list[bytes]) -> None:
-    try:
-        sock.send_multipart(frames, zmq.NOBLOCK)
-        return
-    except zmq.Again:
-        pass
-    if sock.poll(_SEND_WAIT_MS, zmq.POLLOUT):
+    deadline = time.monotonic() + _SEND_WAIT
+    while True:
         try:
             sock.send_multipart(frames, zmq.NOBLOCK)
             return
         except zmq.Again:
             pass
-    raise SendFailed()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise SendFailed()
+        sock.poll(max(1, min(_SEND_SLICE_MS, int(remaining * 1000))), zmq.POLLOUT)
 
 
 def _dealer(ctx: Any, address: str) -> Any:
