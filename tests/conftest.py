@@ -74,26 +74,49 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def start_server(directory: Path, app: str, *args: str, env: dict[str, str] | None = None,
+                 ready_path: str = "/readyz", timeout: float = 60.0) -> ServerProcess:
+    """`corral serve APP ARGS...` on a free port, run in ``directory``, once ready.
+
+    The caller stops it (``ServerProcess.stop``); the ``serve`` fixture does that itself.
+    """
+    port = free_port()
+    log_path = directory / f"serve-{port}.log"
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*CORRAL, "serve", app, "--port", str(port), *args],
+            cwd=directory, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = ServerProcess(proc, port, log_path)
+    try:
+        server.wait_ready(timeout, ready_path)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def wait_client_ready(client: Any, timeout: float = 30.0) -> None:
+    """In-process (a Flask or Werkzeug test client): until every model is done loading and
+    one is ready (see :func:`settled`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if settled(client.get("/readyz").get_json()):
+            return
+        time.sleep(0.02)
+    raise AssertionError(client.get("/readyz").get_json())
+
+
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start `corral serve APP ARGS...` on a free port in a temporary directory."""
     started: list[ServerProcess] = []
 
-    def start(app: str, *args: str, env: dict[str, str] | None = None,
-              ready_path: str = "/readyz", timeout: float = 60.0) -> ServerProcess:
-        port = free_port()
-        log_path = tmp_path / f"serve-{port}.log"
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [*CORRAL, "serve", app, "--port", str(port), *args],
-                cwd=tmp_path, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        server = ServerProcess(proc, port, log_path)
-        started.append(server)
-        server.wait_ready(timeout, ready_path)
-        return server
+    def start(app: str, *args: str, **kw: Any) -> ServerProcess:
+        started.append(start_server(tmp_path, app, *args, **kw))
+        return started[-1]
 
     yield start
     for server in started:

@@ -13,6 +13,19 @@ import corral
 from corral.errors import InvalidInput
 
 
+class FakeClock:
+    """A clock the test moves by hand, for the pure batching and dispatch code."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class Numbers(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -11,12 +11,8 @@ as a difference in status or body.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +22,7 @@ from flask.testing import FlaskClient
 import corral
 from corral.config import Settings
 from tests.apps.tricky import EchoInputModel
-from tests.conftest import APPS, CORRAL, ROOT, ServerProcess, free_port
+from tests.conftest import APPS, ServerProcess, start_server, wait_client_ready
 
 pytestmark = pytest.mark.slow
 
@@ -200,21 +196,12 @@ BODIES: list[Any] = [
 ]
 
 
-def wait_ready(client: FlaskClient, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.get("/readyz").status_code == 200:
-            return
-        time.sleep(0.02)
-    raise AssertionError(client.get("/readyz").get_json())
-
-
 @pytest.fixture(scope="module")
 def in_process() -> Iterator[FlaskClient]:
     app = corral.Server([EchoInputModel]).create_app(Settings())
     client = app.test_client()
     try:
-        wait_ready(client)
+        wait_client_ready(client)
         yield client
     finally:
         app.extensions["corral.engine"].stop()
@@ -223,18 +210,8 @@ def in_process() -> Iterator[FlaskClient]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One `corral serve tests/apps/tricky.py` for the whole module."""
-    tmp: Path = tmp_path_factory.mktemp("tricky-serve")
-    port = free_port()
-    log_path = tmp / f"serve-{port}.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*CORRAL, "serve", str(APPS / "tricky.py"), "--port", str(port)],
-            cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    server = ServerProcess(proc, port, log_path)
+    server = start_server(tmp_path_factory.mktemp("tricky-serve"), str(APPS / "tricky.py"))
     try:
-        server.wait_ready(60, "/readyz")
         yield server
     finally:
         server.stop()

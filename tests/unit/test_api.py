@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 
 import corral
 from corral.config import Settings
-from tests.conftest import settled
+from tests.conftest import wait_client_ready as wait_ready
 from tests.fixtures import (
     BadOutputModel,
     BrokenLoadModel,
@@ -30,16 +30,6 @@ from tests.fixtures import (
 )
 
 PROBLEM = "application/problem+json"
-
-
-def wait_ready(client: FlaskClient, timeout: float = 20.0) -> None:
-    """Until every model is done loading (the fixtures include one that always fails)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if settled(client.get("/readyz").json):  # type: ignore[arg-type]
-            return
-        time.sleep(0.02)
-    raise AssertionError(client.get("/readyz").json)
 
 
 def make_app(*models: type[corral.Model], **settings: Any) -> Flask:

@@ -7,17 +7,7 @@ import pytest
 from corral.batching.queue import BatchQueue, Lane, Ticket
 from corral.errors import Overloaded
 from corral.model import Batching
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.fixtures import FakeClock
 
 
 def make(max_size: int = 4, max_wait_ms: float = 10, max_queue: int = 16,

@@ -16,22 +16,12 @@ from corral.batching.queue import BACKGROUND_AGING
 from corral.dispatch.core import HELLO_GRACE, DispatchCore, Effect, Kill, ModelConfig, Send
 from corral.errors import ModelError
 from corral.model import Batching
+from tests.fixtures import FakeClock
 from corral.transport.protocol import Cancel, Done, Failure, Hello, Result, Stop, Submit, Work
 
 KEY = "sum:1"
 OTHER = "echo:1"
 BATCHING = Batching(max_size=4, max_wait_ms=10, max_queue=8, timeout=5)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make(replicas: int = 1, keys: tuple[str, ...] = (KEY,),
