@@ -111,6 +111,36 @@ class Settings(BaseSettings):
         None, description="Bearer token of the admin API (load, unload, replicas); the admin "
         "API is off while unset.",
     )
+    data_dir: str = Field(
+        ".corral", description="Directory of the embedded job store (jobs.sqlite3); relative "
+        "to where the server starts.")
+    broker_url: str | None = Field(
+        None, description="Celery broker for jobs (redis://host:6379/0 or "
+        "amqp://user:pass@host:5672//); unset: jobs run embedded, in this server.")
+    job_store_url: str | None = Field(
+        None, description="Where job records live when a broker is set: redis://... or "
+        "sqlite:////dir (instances on one machine); default: the broker, if it is Redis.")
+    job_queue: str = Field("corral-jobs", description="Broker queue the job tasks go to.")
+    job_ttl: float = Field(
+        86400.0, gt=0, description="Seconds a finished job's result is kept, then removed.")
+    job_timeout: float = Field(
+        3600.0, gt=0, description="Seconds a job may run before it fails with a timeout.")
+    job_lease: float = Field(
+        30.0, ge=1, description="Seconds a runner holds a job between renewals; a job whose "
+        "runner died runs again after this.")
+    job_max_attempts: int = Field(
+        3, ge=1, description="Times a job is started (its runner dying each time) before it "
+        "fails; also the tries of inputs whose replica crashed.")
+    job_concurrency: int = Field(
+        4, ge=1, description="Jobs one runner works on at once (the embedded runner, or the "
+        "processes of a corral worker).")
+    job_max_items: int = Field(
+        100_000, ge=1, description="Most inputs in one job.")
+    job_max_wait: float = Field(
+        30.0, ge=0, description="Longest ?wait= a GET /v1/jobs/{id} may ask for, in seconds.")
+    job_redeliver_after: float = Field(
+        300.0, gt=0, description="With a broker: seconds a job may stay queued before its task "
+        "is sent again, in case the broker lost it.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the corral.* loggers."
     )

@@ -97,6 +97,21 @@ class VersionNotFound(NotFound):
     title = "Version not found"
 
 
+class JobNotFound(NotFound):
+    """No job has this id: it never existed, or its result expired."""
+
+    type = "job-not-found"
+    title = "Job not found"
+
+
+class JobFinished(CorralError):
+    """A job that has already finished cannot be cancelled."""
+
+    status = 409
+    type = "job-finished"
+    title = "Job already finished"
+
+
 class MethodNotAllowed(CorralError):
     """The path exists but not for this HTTP method."""
 
@@ -141,6 +156,14 @@ class InvalidInput(CorralError):
     status = 422
     type = "validation-error"
     title = "Validation error"
+
+
+class IdempotencyKeyReused(CorralError):
+    """An Idempotency-Key was sent again with a different body or model."""
+
+    status = 422
+    type = "idempotency-key-reused"
+    title = "Idempotency key reused"
 
 
 class _WithErrorId(CorralError):
@@ -256,7 +279,7 @@ _BY_TYPE: dict[str, type[CorralError]] = {
     cls.type: cls
     for cls in (
         InvalidJSON, Unauthorized, Forbidden, NotFound, ModelNotFound, VersionNotFound,
-        MethodNotAllowed,
+        JobNotFound, JobFinished, IdempotencyKeyReused, MethodNotAllowed,
         PayloadTooLarge, UnsupportedMediaType, InvalidInput, ModelError, InternalError,
         WorkerCrashed, ClientClosedRequest, Overloaded, ModelLoading, ModelFailed,
         ModelUnloaded, RequestTimeout,

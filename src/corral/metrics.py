@@ -48,6 +48,7 @@ PREDICT_DURATION = Histogram("corral_predict_duration_seconds",
                              buckets=_LATENCY)
 MODEL_LOAD = Gauge("corral_model_load_seconds", "How long the latest load() took.", ["model"],
                    multiprocess_mode="max")
+JOBS = Counter("corral_jobs", "Jobs accepted, and jobs finished by status.", ["model", "status"])
 REPLICA_RESTARTS = Counter("corral_replica_restarts", "Replica processes restarted.", ["model"])
 
 

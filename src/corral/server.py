@@ -52,25 +52,38 @@ class Server:
         catalog.check_overrides(settings.models)
         return catalog
 
-    def create_app(self, settings: Settings, engine: Engine | None = None) -> Flask:
+    def create_app(self, settings: Settings, engine: Engine | None = None,
+                   runtime_dir: str | None = None) -> Flask:
         """The Flask app. With no engine given, models run in this process, unless
-        ``settings.runtime_dir`` names the runtime directory of a running process tree
-        (``corral serve --runtime-dir``): then requests go to its dispatcher."""
+        ``runtime_dir`` (or ``settings.runtime_dir``) names the runtime directory of a
+        running process tree (``corral serve --runtime-dir``): then requests go to its
+        dispatcher, and jobs to its jobs process."""
         from .api.app import create_app
+        from .jobs.backend import open_service
 
         catalog = self.catalog(settings)
-        if engine is None and settings.runtime_dir:
-            from .process.client import DispatcherEngine
+        runtime_dir = runtime_dir or settings.runtime_dir
+        wake_path = None
+        job_settings = settings
+        if runtime_dir:
             from .process.runtime import Runtime
 
-            engine = DispatcherEngine(Runtime.find(settings.runtime_dir))
+            runtime = Runtime.find(runtime_dir)
+            wake_path = runtime.jobs_wake
+            job_settings = runtime.read_plan()[1]  # the tree's data directory and broker
+            if engine is None:
+                from .process.client import DispatcherEngine
+
+                engine = DispatcherEngine(runtime)
         elif engine is None:
             from .inprocess.engine import InProcessEngine
 
             engine = InProcessEngine(catalog, stall_grace=settings.stall_grace,
                                      warm_up=settings.warm_up)
-        app = create_app(catalog, engine, settings, self.info)
+        jobs = open_service(job_settings, engine, catalog, wake_path)
+        app = create_app(catalog, engine, settings, jobs, self.info)
         app.extensions["corral.engine"] = engine
+        app.extensions["corral.jobs"] = jobs
         return app
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

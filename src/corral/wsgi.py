@@ -39,6 +39,7 @@ def create_app(app: str | None = None, **settings: Any) -> Flask:
     # Load the models now rather than at the first request, so that /readyz means it. The
     # engine starts again in a process forked after this (a server that preloads apps).
     flask_app.extensions["corral.engine"].start()
+    flask_app.extensions["corral.jobs"].start()
     return flask_app
 
 

@@ -6,16 +6,18 @@ from flask import Flask, Response, redirect
 
 from ..config import Settings
 from ..engine import Engine
+from ..jobs.service import JobService
 from ..registry.catalog import Catalog
 from ..schema.openapi import ApiInfo, build_openapi
 from .docs import install_docs
+from .jobs import JobRoutes
 from .cors import install_cors
 from .problems import install_error_handlers
 from .requestlog import install_request_log
 from .routes import Routes
 
 
-def create_app(catalog: Catalog, engine: Engine, settings: Settings,
+def create_app(catalog: Catalog, engine: Engine, settings: Settings, jobs: JobService,
                info: ApiInfo = ApiInfo()) -> Flask:
     """A Flask app serving the catalog's models through the engine.
 
@@ -29,6 +31,8 @@ def create_app(catalog: Catalog, engine: Engine, settings: Settings,
     install_error_handlers(app)
     install_request_log(app, settings)
     Routes(catalog, engine, settings).register(app)
+    waiters = settings.worker_connections if settings.worker_class == "gevent" else settings.threads
+    JobRoutes(catalog, jobs, settings, max_waiters=waiters // 2).register(app)
     if settings.admin_token is not None:
         from .admin import Admin
 
@@ -42,6 +46,7 @@ def create_app(catalog: Catalog, engine: Engine, settings: Settings,
     @app.before_request
     def start_engine() -> None:
         engine.start()
+        jobs.start()
 
     if settings.cors_origins:
         install_cors(app, settings.cors_origins)

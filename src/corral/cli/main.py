@@ -1,4 +1,4 @@
-"""The ``corral`` command: serve, openapi."""
+"""The ``corral`` command: serve, models, worker, openapi, nginx."""
 
 from __future__ import annotations
 
@@ -89,10 +89,11 @@ def serve(app: str, dev: bool, reload: bool, **flags: Any) -> None:
     server = _load(app, settings)
     from .serve import serve_dev, serve_supervised
 
+    _check_jobs(settings)
     if dev:
         serve_dev(app, server, settings, reload)
     else:
-        serve_supervised(app, server, settings)
+        serve_supervised(app, server, settings, jobs=not settings.broker_url)
 
 
 @cli.command(epilog=_settings_help())
@@ -112,7 +113,57 @@ def models(app: str, **flags: Any) -> None:
     server = _load(app, settings)
     from .serve import serve_supervised
 
-    serve_supervised(app, server, settings, http=False)
+    _check_jobs(settings)
+    serve_supervised(app, server, settings, http=False, jobs=not settings.broker_url)
+
+
+@cli.command(epilog=_settings_help())
+@click.argument("app")
+@click.option("--concurrency", "job_concurrency", type=int, help=_flag_help("job_concurrency"))
+@click.option("--runtime-dir", help=_flag_help("runtime_dir"))
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              help=_flag_help("log_level"))
+def worker(app: str, **flags: Any) -> None:
+    """Run jobs of APP's models from the broker (CORRAL_BROKER_URL) with Celery.
+
+    Starts APP's models (dispatcher, replicas) without an HTTP server, and a Celery
+    worker whose processes send each job's inputs to them, so jobs batch together.
+    Run as many as you like, on any machine that reaches the broker and the job store.
+    """
+    settings = build_settings(**flags)
+    if not settings.broker_url:
+        raise click.UsageError("corral worker runs jobs from a broker: set CORRAL_BROKER_URL "
+                               "(redis://host:6379/0 or amqp://user:pass@host:5672//). "
+                               "Without one, corral serve runs jobs itself.")
+    configure_logging(settings.log_level, settings.log_format)
+    server = _load(app, settings)
+    _check_jobs(settings)
+    from .serve import serve_supervised
+
+    serve_supervised(app, server, settings, http=False, jobs=True)
+
+
+def _check_jobs(settings: Settings) -> None:
+    """Refuse to start with a job store or broker that cannot work, saying why."""
+    from ..jobs.backend import store_url
+
+    try:
+        url = store_url(settings)
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+    if settings.broker_url and not settings.broker_url.startswith(
+            ("redis://", "rediss://", "amqp://", "amqps://")):
+        raise click.UsageError(f"CORRAL_BROKER_URL must be redis://... or amqp://...; got "
+                               f"{settings.broker_url!r}.")
+    if settings.broker_url:
+        try:
+            import celery  # noqa: F401
+        except ImportError:
+            raise click.ClickException(
+                "Jobs on a broker need Celery: pip install 'corral[celery]'.") from None
+    if not url.startswith(("redis://", "rediss://", "unix://", "sqlite:///")):
+        raise click.UsageError(f"CORRAL_JOB_STORE_URL must be redis://... or sqlite:///...; "
+                               f"got {url!r}.")
 
 
 @cli.command()

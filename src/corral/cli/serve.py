@@ -16,14 +16,16 @@ from ..server import Server
 logger = logging.getLogger(__name__)
 
 
-def serve_supervised(target: str, server: Server, settings: Settings, http: bool = True) -> None:
-    """Gunicorn (unless ``http`` is false), the dispatcher and the replicas, under one
-    supervisor."""
+def serve_supervised(target: str, server: Server, settings: Settings, http: bool = True,
+                     jobs: bool = True) -> None:
+    """Gunicorn (unless ``http`` is false), the dispatcher, the replicas and the jobs
+    process (if ``jobs``), under one supervisor."""
     from ..errors import StartupError
     from ..process.supervisor import Supervisor
 
     try:
-        supervisor = Supervisor(target, settings, server.catalog(settings), http=http)
+        supervisor = Supervisor(target, settings, server.catalog(settings), http=http,
+                                jobs=jobs)
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(supervisor.run())
@@ -46,6 +48,7 @@ def serve_dev(target: str, server: Server, settings: Settings, reload: bool = Fa
     app = server.create_app(settings, engine)
     if not reload or os.environ.get("WERKZEUG_RUN_MAIN") == "true":
         engine.start()  # not in the reloader's watching parent: only where it serves
+        app.extensions["corral.jobs"].start()
     logger.info("development server on http://%s/docs (not for production)", bind_address(settings))
     app_file = Path(target.partition(":")[0])
     extra = [str(app_file.resolve())] if app_file.suffix == ".py" and app_file.exists() else []

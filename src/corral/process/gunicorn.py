@@ -110,6 +110,7 @@ def main(argv: list[str]) -> int:
     target, settings = runtime.read_plan()
     configure_logging(settings.log_level, settings.log_format)
     server = load_server(target)
-    GunicornServer(settings, lambda: server.create_app(settings, DispatcherEngine(runtime))).run()
+    GunicornServer(settings, lambda: server.create_app(settings, DispatcherEngine(runtime),
+                                                       runtime_dir=str(runtime.path))).run()
     return 0
 

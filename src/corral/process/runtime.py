@@ -13,6 +13,7 @@ short enough for the 107-byte limit of a socket path)::
     d.f, d.b          the dispatcher's sockets: clients (HTTP workers, the supervisor)
                       and replicas
     ctl               the supervisor's control socket (load, unload, set replicas)
+    jobs.wake         the embedded jobs process's wake-up socket (a datagram: new job)
     ready/            one file per replica whose load() succeeded, while it lives
     metrics/          Prometheus multiprocess files
 
@@ -114,6 +115,7 @@ class Runtime:
         self.frontend = f"ipc://{self.path}/d.f"
         self.backend = f"ipc://{self.path}/d.b"
         self.control = f"ipc://{self.path}/ctl"
+        self.jobs_wake = str(self.path / "jobs.wake")
         self.dispatcher_pid = self.path / "dispatcher.pid"
         self.metrics_dir = self.path / "metrics"
         self.status_file = self.path / "status.json"

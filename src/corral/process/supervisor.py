@@ -4,12 +4,14 @@
 
     supervisor ─┬─ Gunicorn master ── HTTP workers      (python -m corral.process http)
                 ├─ dispatcher, for every model          (python -m corral.process dispatcher)
-                └─ replicas of each model version       (python -m corral.process replica)
+                ├─ replicas of each model version       (python -m corral.process replica)
+                └─ jobs: the embedded jobs loop, or      (python -m corral.process jobs)
+                   the Celery worker of corral worker
 
 One loop: wait for a signal, a child's exit or a command on the control socket,
 handle it, restart what died (with backoff), and on SIGTERM/SIGINT stop in order:
 Gunicorn first (it drains in-flight requests within the grace period), then the
-dispatcher, then replicas; then remove the runtime directory. Children run in
+jobs process, then the dispatcher, then replicas; then remove the runtime directory. Children run in
 their own process groups, so a Ctrl-C reaches only the supervisor; each dies with
 it (parent-death signal).
 
@@ -54,7 +56,7 @@ _MAX_BACKOFF = 10.0
 class Child:
     """One supervised process and when to start it again."""
 
-    kind: str  # "http", "dispatcher" or "replica"
+    kind: str  # "http", "dispatcher", "replica" or "jobs"
     label: str
     args: list[str]
     death_signal: int = signal.SIGKILL
@@ -89,7 +91,7 @@ class Supervisor:
     """Starts, watches and stops the server's processes."""
 
     def __init__(self, target: str, settings: Settings, catalog: Catalog,
-                 http: bool = True) -> None:
+                 http: bool = True, jobs: bool = True) -> None:
         self.settings = settings
         self.catalog = catalog
         self.runtime = Runtime.create(settings)
@@ -109,6 +111,8 @@ class Supervisor:
         for key, entry in self.models.items():
             for index in range(entry.replicas):
                 self._add_replica(key, index)
+        if jobs:
+            self.children.append(Child("jobs", "jobs", [run_dir], death_signal=signal.SIGTERM))
         if http:
             # Gunicorn drains gracefully on SIGTERM, so that is what it gets if we die.
             self.children.append(Child("http", "Gunicorn", [run_dir],
@@ -349,9 +353,11 @@ class Supervisor:
     # -- stopping ---------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Gunicorn drains first, then the dispatcher stops, then replicas."""
+        """Gunicorn drains first, then the jobs process stops (a job it was running is
+        taken over at the next start), then the dispatcher, then replicas."""
         grace = self.settings.graceful_timeout + 5
-        for kind, timeout in (("http", grace), ("dispatcher", 5.0), ("replica", 5.0)):
+        for kind, timeout in (("http", grace), ("jobs", 10.0), ("dispatcher", 5.0),
+                              ("replica", 5.0)):
             self._stop(kind, timeout)
         logger.info("stopped")
 

@@ -104,3 +104,35 @@ class Problem(BaseModel):
     retry_after: int | None = Field(None, description="Seconds to wait before retrying (503).")
     item: int | None = Field(None, description="In an array request, the index of the input "
                              "this error concerns.")
+
+
+class JobProgress(BaseModel):
+    done: int = Field(description="Inputs computed so far.")
+    total: int = Field(description="Inputs in the job.")
+
+
+class JobLinks(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    self_: str = Field(alias="self", description="This job.")
+    model: str = Field(description="The model that computes it.")
+
+
+class Job(BaseModel):
+    """A job: its status, progress, and once finished its result or error."""
+
+    id: str = Field(description="Unguessable id.")
+    model: str
+    version: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    created_at: str = Field(description="RFC 3339 time, UTC.")
+    started_at: str | None
+    finished_at: str | None
+    expires_at: str | None = Field(description="When a finished job's record is removed.")
+    progress: JobProgress
+    attempts: int = Field(description="Times a runner started it (more than 1 after a crash).")
+    result: Any = Field(None, description="Succeeded jobs only: what predict answers for the "
+                        "same body (one output, or an array of outputs).")
+    error: Problem | None = Field(None, description="Failed jobs only: why, as a problem "
+                                  "document.")
+    links: JobLinks

@@ -22,6 +22,7 @@ from .inputs import example_from_schema, validate_inputs
 from .api_types import (
     AdminAccepted,
     Health,
+    Job,
     ModelInfo,
     ModelList,
     Problem,
@@ -77,7 +78,7 @@ def build_openapi(catalog: Catalog, settings: Settings,
     for spec in catalog:
         io_types += [(spec.input_type, "validation"), (spec.output_type, "serialization")]
     io_types += [(t, "serialization") for t in (ModelList, ModelInfo, Readiness, Health, Problem,
-                                                AdminAccepted)]
+                                                AdminAccepted, Job)]
     io_types += [(ReplicasRequest, "validation")]
     refs, defs = models_json_schema(io_types, ref_template=REF)
     schemas: dict[str, Any] = defs.get("$defs", {})
@@ -143,6 +144,12 @@ def build_openapi(catalog: Catalog, settings: Settings,
         "paths": paths,
         "components": {"schemas": schemas},
     }
+    from .jobs_openapi import add_jobs
+
+    add_jobs(document, catalog, settings, ref(Job, "serialization"),
+             {str(spec.key): _predict_operation(spec, settings, ref(spec.input_type, "validation"),
+                                                ref(spec.output_type, "serialization"), schemas)
+              for spec in catalog})
     if settings.admin_token is not None:
         _add_admin(document, catalog, ref(AdminAccepted, "serialization"),
                    ref(ReplicasRequest, "validation"))
@@ -231,14 +238,22 @@ _EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
     "model-unloaded": ("Model unloaded", {"detail": "Model iris:1 is unloaded; an administrator "
                        "can load it."}),
     "timeout": ("Request timed out", {"detail": "Model iris:1 gave no result in time."}),
+    "job-not-found": ("Job not found", {"detail": "No job 'kq3X...': it never existed, or it "
+                      "finished more than 86400 s ago and its result was removed."}),
+    "job-finished": ("Job already finished", {"detail": "Job kq3X... has already succeeded; "
+                     "only a queued or running job can be cancelled."}),
+    "idempotency-key-reused": ("Idempotency key reused", {"detail": "Idempotency-Key 'abc' was "
+                               "used for job kq3X... with a different model or body; use a new "
+                               "key for a new job."}),
     "internal-error": ("Internal server error", {"detail": "The server failed on this request; "
                        "error id 0c4e1f2a9b3d5e67.", "error_id": "0c4e1f2a9b3d5e67"}),
 }
 
 
-def _problem(status: int,
-             known: dict[str, tuple[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
-    description, types = _PROBLEMS[status]
+def _problem(status: int, known: dict[str, tuple[str, dict[str, Any]]] | None = None,
+             only: tuple[str, list[str]] | None = None) -> dict[str, Any]:
+    """The response of one problem status; ``only`` narrows it to (description, types)."""
+    description, types = only or _PROBLEMS[status]
     known = known or _EXAMPLES
     examples = {
         t: {"summary": t, "value": {"type": t, "title": known[t][0], "status": status,

@@ -1,0 +1,174 @@
+"""The Celery backend: each job is the task ``corral.run_job(job_id)``.
+
+HTTP workers store the record, then send the task to ``CORRAL_BROKER_URL``.
+``corral worker APP`` runs the model tree (dispatcher, replicas) without HTTP, and
+a Celery worker (prefork, ``CORRAL_JOB_CONCURRENCY`` processes) whose tasks feed
+that local dispatcher: several jobs in flight at once, each in slices, so inputs of
+different jobs batch together. The Celery processes never import the app.
+
+What Corral sets against lost work (docs/jobs.md explains each):
+
+- late acknowledgement with ``reject_on_worker_lost``: a task whose process dies is
+  delivered again;
+- soft and hard time limits above the job's own timeout, so a stuck task ends;
+- retries (bounded) only for the record store being unreachable; a job's transient
+  errors (crashed replica, loading, saturated) are retried inside the runner;
+- a sweep in every worker that sends again any job whose runner's lease ran out
+  (its worker was killed) or that stayed queued ``CORRAL_JOB_REDELIVER_AFTER``
+  seconds (its message lost, as by a Redis without persistence);
+- with Redis, a visibility timeout longer than any job may run, so a slow job is not
+  delivered twice while it runs.
+
+The record decides: a delivery for a job that is finished, or leased to a live
+runner, does nothing (at-least-once execution, first result wins).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
+
+from ..config import Settings
+from ..errors import RequestTimeout
+from .records import JobRecord, now
+
+logger = logging.getLogger(__name__)
+
+TASK_NAME = "corral.run_job"
+_HARD_LIMIT_MARGIN = 60.0  # seconds past the soft limit before Celery kills the process
+_SOFT_LIMIT_MARGIN = 30.0  # past the job's own timeout, which ends it cleanly first
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app for the broker of the settings, with Corral's delivery settings."""
+    assert settings.broker_url
+    app = Celery("corral", broker=settings.broker_url, set_as_current=False)
+    options: dict[str, Any] = {}
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # Unacknowledged tasks come back after this; longer than any job may take.
+        options["visibility_timeout"] = int(settings.job_timeout + _SOFT_LIMIT_MARGIN
+                                            + _HARD_LIMIT_MARGIN + 2 * settings.job_lease)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        task_soft_time_limit=settings.job_timeout + _SOFT_LIMIT_MARGIN,
+        task_time_limit=settings.job_timeout + _SOFT_LIMIT_MARGIN + _HARD_LIMIT_MARGIN,
+        task_ignore_result=True,
+        task_default_queue=settings.job_queue,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        broker_transport_options=options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        task_publish_retry_policy={"max_retries": 3, "interval_start": 0.1,
+                                   "interval_step": 0.3, "interval_max": 1.0},
+    )
+    return app
+
+
+def sender(settings: Settings) -> Callable[[JobRecord], None]:
+    """How an HTTP worker hands a stored job to the workers."""
+    app = make_celery(settings)
+
+    def send(job: JobRecord) -> None:
+        app.send_task(TASK_NAME, args=[job.id], queue=settings.job_queue, retry=True)
+
+    return send
+
+
+def worker_app(settings: Settings, runtime_dir: str) -> Celery:
+    """The Celery app of ``corral worker``: the task, and the sweep."""
+    from celery import signals
+
+    from ..process.client import DispatcherEngine
+    from ..process.runtime import Runtime
+    from .backend import open_store, runner_settings
+    from .runner import JobRunner, runner_id
+
+    app = make_celery(settings)
+    runtime = Runtime(runtime_dir)
+    per_process: dict[int, JobRunner] = {}
+
+    def runner() -> JobRunner:
+        # One per pool process, made after the fork (sockets and store connections).
+        pid = os.getpid()
+        if pid not in per_process:
+            sizes = {e.key: e.max_size for e in runtime.read_models()}
+            per_process.clear()
+            per_process[pid] = JobRunner(open_store(settings), DispatcherEngine(runtime),
+                                         runner_settings(settings, sizes), runner_id())
+        return per_process[pid]
+
+    import redis
+
+    @app.task(name=TASK_NAME, bind=True,  # type: ignore[untyped-decorator]
+              autoretry_for=(redis.ConnectionError, OSError),
+              retry_backoff=True, retry_backoff_max=30, max_retries=5)
+    def run_job(self: Any, job_id: str) -> str:
+        r = runner()
+        job = r.store.start(job_id, r.owner, settings.job_lease, now())
+        if job is None:
+            return "skipped"  # finished, gone, or running under a live lease elsewhere
+        try:
+            finished = r.run(job)
+        except SoftTimeLimitExceeded:
+            finished = r.store.finish(job_id, "failed", None, _timeout_problem(job_id, settings),
+                                      now(), settings.job_ttl)
+        return "stopped" if finished is None else finished.status
+
+    @signals.worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
+    def start_sweep(**_: Any) -> None:
+        threading.Thread(target=_sweep, args=(settings, app), name="corral-job-sweep",
+                         daemon=True).start()
+
+    return app
+
+
+def _timeout_problem(job_id: str, settings: Settings) -> dict[str, Any]:
+    from ..api.problems import problem_document
+
+    return problem_document(RequestTimeout(
+        f"Job {job_id} did not finish within its {settings.job_timeout:g} s."))
+
+
+def _sweep(settings: Settings, app: Celery) -> None:
+    """Send again every job whose message may be lost (see the module docstring)."""
+    from .backend import open_store
+
+    store = open_store(settings)
+    every = max(1.0, settings.job_lease / 2)
+    while True:
+        threading.Event().wait(every)
+        try:
+            for job_id in store.lost(now(), settings.job_redeliver_after, limit=1000):
+                if store.requeue(job_id, now(), settings.job_redeliver_after):
+                    logger.info("job %s: its runner is gone or its message lost; sending it "
+                                "again", job_id)
+                    app.send_task(TASK_NAME, args=[job_id], queue=settings.job_queue)
+            store.purge(now())
+        except Exception:
+            logger.warning("job sweep failed; trying again", exc_info=True)
+
+
+def run_worker(settings: Settings, runtime_dir: str) -> int:
+    """Run the Celery worker of ``corral worker`` until it is told to stop."""
+    app = worker_app(settings, runtime_dir)
+    worker = app.Worker(
+        pool="prefork", concurrency=settings.job_concurrency, queues=[settings.job_queue],
+        hostname=f"corral@{socket.gethostname()}.{os.getpid()}",
+        without_gossip=True, without_mingle=True, without_heartbeat=True,
+        loglevel=settings.log_level.upper(), optimization="fair",
+    )
+    worker.start()
+    return int(worker.exitcode or 0)

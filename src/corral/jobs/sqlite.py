@@ -1,0 +1,238 @@
+"""SQLiteJobStore: job records in one SQLite file, the embedded default.
+
+The file (``jobs.sqlite3`` in ``CORRAL_DATA_DIR``) is opened in WAL mode with
+``synchronous=FULL``: a job is committed to disk before its 202 is sent, so neither
+a kill -9 nor a power cut loses it. Every change runs in a ``BEGIN IMMEDIATE``
+transaction, so several processes (HTTP workers, the jobs runner, a second
+instance sharing the directory) can use one file safely. Each thread and each
+process opens its own connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .records import FINISHED, JobRecord, JobStore, Status
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    lease_until REAL,
+    owner TEXT,
+    expires_at REAL,
+    idem TEXT,
+    record TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idem ON jobs (idem) WHERE idem IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_open ON jobs (status, created_at);
+CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS job_inputs (job_id TEXT PRIMARY KEY, inputs TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS job_outputs (
+    job_id TEXT NOT NULL, start INTEGER NOT NULL, outputs TEXT NOT NULL,
+    PRIMARY KEY (job_id, start)
+);
+"""
+
+FILE_NAME = "jobs.sqlite3"
+
+
+def _pack(documents: list[bytes]) -> str:
+    return json.dumps([d.decode() for d in documents], separators=(",", ":"))
+
+
+def _unpack(text: str) -> list[bytes]:
+    return [d.encode() for d in json.loads(text)]
+
+
+def idempotency_scope(job: JobRecord) -> str | None:
+    """A key is scoped to the model it was used with."""
+    return None if job.idempotency_key is None else f"{job.model}\0{job.idempotency_key}"
+
+
+class SQLiteJobStore(JobStore):
+    """Job records in ``DATA_DIR/jobs.sqlite3``."""
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(data_dir) / FILE_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._db().executescript(_SCHEMA)  # one transaction of its own
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None or getattr(self._local, "pid", None) != os.getpid():
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            self._local.db, self._local.pid = db, os.getpid()
+        return db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @staticmethod
+    def _row(job: JobRecord) -> tuple[Any, ...]:
+        return (job.status, job.lease_until, job.owner, job.expires_at, job.to_json(), job.id)
+
+    def _put(self, db: sqlite3.Connection, job: JobRecord) -> None:
+        db.execute("UPDATE jobs SET status=?, lease_until=?, owner=?, expires_at=?, record=? "
+                   "WHERE id=?", self._row(job))
+
+    @staticmethod
+    def _load(db: sqlite3.Connection, job_id: str) -> JobRecord | None:
+        row = db.execute("SELECT record FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return None if row is None else JobRecord.from_json(row[0])
+
+    def create(self, job: JobRecord, inputs: list[bytes]) -> tuple[JobRecord, bool]:
+        scope = idempotency_scope(job)
+        with self._tx() as db:
+            if scope is not None:
+                row = db.execute("SELECT record FROM jobs WHERE idem=?", (scope,)).fetchone()
+                if row is not None:
+                    return JobRecord.from_json(row[0]), False
+            db.execute("INSERT INTO jobs (status, lease_until, owner, expires_at, record, id, "
+                       "created_at, idem) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (*self._row(job), job.created_at, scope))
+            db.execute("INSERT INTO job_inputs (job_id, inputs) VALUES (?, ?)",
+                       (job.id, _pack(inputs)))
+        return job, True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self._load(self._db(), job_id)
+
+    def inputs(self, job_id: str) -> list[bytes]:
+        row = self._db().execute("SELECT inputs FROM job_inputs WHERE job_id=?",
+                                 (job_id,)).fetchone()
+        return [] if row is None else _unpack(row[0])
+
+    @staticmethod
+    def _lease(job: JobRecord, owner: str, lease: float, now: float) -> JobRecord:
+        job.status = "running"
+        job.started_at = job.started_at or now
+        job.attempts += 1
+        job.owner, job.lease_until = owner, now + lease
+        return job
+
+    def start(self, job_id: str, owner: str, lease: float, now: float) -> JobRecord | None:
+        with self._tx() as db:
+            job = self._load(db, job_id)
+            if job is None or not job.runnable(now):
+                return None
+            self._put(db, self._lease(job, owner, lease, now))
+            return job
+
+    def claim(self, owner: str, lease: float, limit: int, now: float,
+              stale_owners: frozenset[str] = frozenset()) -> list[JobRecord]:
+        with self._tx() as db:
+            stale = sorted(stale_owners)
+            marks = ",".join("?" * len(stale)) or "NULL"
+            rows = db.execute(
+                "SELECT record FROM jobs WHERE status='queued' OR (status='running' AND "
+                f"(lease_until <= ? OR owner IN ({marks}))) ORDER BY created_at LIMIT ?",
+                (now, *stale, limit)).fetchall()
+            jobs = [self._lease(JobRecord.from_json(r[0]), owner, lease, now) for r in rows]
+            for job in jobs:
+                self._put(db, job)
+            return jobs
+
+    def renew(self, job_id: str, owner: str, lease: float, now: float) -> bool:
+        with self._tx() as db:
+            job = self._load(db, job_id)
+            if job is None or job.status != "running" or job.owner != owner:
+                return False
+            job.lease_until = now + lease
+            self._put(db, job)
+            return True
+
+    def save_outputs(self, job_id: str, start: int, outputs: list[bytes]) -> int:
+        with self._tx() as db:
+            job = self._load(db, job_id)
+            if job is None or job.finished:
+                return 0 if job is None else job.done
+            seen = db.execute("SELECT 1 FROM job_outputs WHERE job_id=? AND start=?",
+                              (job_id, start)).fetchone()
+            if seen is None:  # a slice computed twice (a runner took over) counts once
+                db.execute("INSERT INTO job_outputs (job_id, start, outputs) VALUES (?, ?, ?)",
+                           (job_id, start, _pack(outputs)))
+                job.done += len(outputs)
+                self._put(db, job)
+            return job.done
+
+    def outputs(self, job_id: str) -> dict[int, list[bytes]]:
+        rows = self._db().execute("SELECT start, outputs FROM job_outputs WHERE job_id=?",
+                                  (job_id,)).fetchall()
+        return {start: _unpack(text) for start, text in rows}
+
+    def finish(self, job_id: str, status: Status, result: Any, error: dict[str, Any] | None,
+               now: float, keep: float) -> JobRecord | None:
+        assert status in FINISHED
+        with self._tx() as db:
+            job = self._load(db, job_id)
+            if job is None or job.finished:
+                return None
+            job.status, job.result, job.error = status, result, error
+            job.finished_at, job.expires_at = now, now + keep
+            job.owner = job.lease_until = None
+            if status == "succeeded":
+                job.done = job.total
+            self._put(db, job)
+            # Inputs and partial outputs are no longer needed: the record holds the result.
+            db.execute("DELETE FROM job_inputs WHERE job_id=?", (job_id,))
+            db.execute("DELETE FROM job_outputs WHERE job_id=?", (job_id,))
+            return job
+
+    def running_owners(self) -> set[str]:
+        rows = self._db().execute(
+            "SELECT DISTINCT owner FROM jobs WHERE status='running'").fetchall()
+        return {r[0] for r in rows if r[0]}
+
+    def lost(self, now: float, redeliver_after: float, limit: int) -> list[str]:
+        rows = self._db().execute(
+            "SELECT record FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at"
+        ).fetchall()
+        jobs = (JobRecord.from_json(r[0]) for r in rows)
+        return [job.id for job in jobs if job.lost(now, redeliver_after)][:limit]
+
+    def requeue(self, job_id: str, now: float, redeliver_after: float) -> bool:
+        with self._tx() as db:
+            job = self._load(db, job_id)
+            if job is None or not job.lost(now, redeliver_after):
+                return False
+            job.status, job.owner, job.lease_until, job.sent_at = "queued", None, None, now
+            self._put(db, job)
+            return True
+
+    def purge(self, now: float) -> int:
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                (now,)).fetchall()]
+            for job_id in ids:
+                db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+                db.execute("DELETE FROM job_inputs WHERE job_id=?", (job_id,))
+                db.execute("DELETE FROM job_outputs WHERE job_id=?", (job_id,))
+            return len(ids)
+
+    def close(self) -> None:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None and getattr(self._local, "pid", None) == os.getpid():
+            db.close()
+        self._local = threading.local()
