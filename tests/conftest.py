@@ -82,7 +82,9 @@ def start_server(directory: Path, app: str, *args: str, env: dict[str, str] | No
     """
     port = free_port()
     log_path = directory / f"serve-{port}.log"
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    # Each server keeps its jobs in its own directory's .corral unless the test says.
+    inherited = {k: v for k, v in os.environ.items() if k != "CORRAL_DATA_DIR"}
+    full_env = {**inherited, "PYTHONPATH": str(ROOT), **(env or {})}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [*CORRAL, "serve", app, "--port", str(port), *args],
@@ -107,6 +109,18 @@ def wait_client_ready(client: Any, timeout: float = 30.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(client.get("/readyz").get_json())
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _job_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """In-process apps keep their jobs in a temporary directory, not the working one."""
+    old = os.environ.get("CORRAL_DATA_DIR")
+    os.environ["CORRAL_DATA_DIR"] = str(tmp_path_factory.mktemp("job-data"))
+    yield
+    if old is None:
+        os.environ.pop("CORRAL_DATA_DIR", None)
+    else:
+        os.environ["CORRAL_DATA_DIR"] = old
 
 
 @pytest.fixture

@@ -111,7 +111,7 @@ class JobRoutes:
 
     def _find(self, job_id: str) -> JobRecord:
         job = self.jobs.store.get(job_id) if looks_like_job_id(job_id) else None
-        if job is None:
+        if job is None or (job.expires_at is not None and job.expires_at <= now()):
             raise JobNotFound(f"No job {job_id!r}: it never existed, or it finished more than "
                               f"{self.settings.job_ttl:g} s ago and its result was removed.")
         return job

@@ -134,9 +134,10 @@ class JobStore(ABC):
         """Extend the lease; False if the job was cancelled, finished or taken over."""
 
     @abstractmethod
-    def save_outputs(self, job_id: str, start: int, outputs: list[bytes]) -> int:
+    def save_outputs(self, job_id: str, start: int, outputs: list[bytes]) -> int | None:
         """Record the outputs of inputs ``start`` .. ``start + len(outputs)``; returns the
-        number of inputs done so far."""
+        number of inputs done so far, or None if the job has finished (was cancelled) or
+        is gone, so its runner stops."""
 
     @abstractmethod
     def outputs(self, job_id: str) -> dict[int, list[bytes]]:

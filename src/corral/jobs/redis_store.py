@@ -143,7 +143,7 @@ class RedisJobStore(JobStore):
 
         return self._update(job_id, change) is not None
 
-    def save_outputs(self, job_id: str, start: int, outputs: list[bytes]) -> int:
+    def save_outputs(self, job_id: str, start: int, outputs: list[bytes]) -> int | None:
         out_key = f"{self._key(job_id)}:out"
         counted = False
 
@@ -161,7 +161,7 @@ class RedisJobStore(JobStore):
         job = self._update(job_id, change, after)
         if job is None:
             current = self.get(job_id)
-            return 0 if current is None else current.done
+            return None if current is None or current.finished else current.done
         return job.done
 
     def outputs(self, job_id: str) -> dict[int, list[bytes]]:

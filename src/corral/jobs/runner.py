@@ -221,10 +221,12 @@ class JobRunner:
                             start + count - 1, exc.type)
                 pending.appendleft((start, count))
                 continue
-            self._save(job, start, outputs)
+            if not self._save(job, start, outputs):
+                stop.set()  # cancelled (or gone): the next turn cancels what is in flight
         return self._succeed(job)
 
-    def _save(self, job: JobRecord, start: int, outputs: list[bytes | CorralError]) -> None:
+    def _save(self, job: JobRecord, start: int, outputs: list[bytes | CorralError]) -> bool:
+        """Save a slice's outputs; False if the job has finished meanwhile (cancelled)."""
         documents = []
         for i, output in enumerate(outputs):
             if isinstance(output, CorralError):
@@ -235,7 +237,7 @@ class JobRunner:
                     raise failed
                 output = compact_json(problem_document(failed)).encode()
             documents.append(output)
-        self.store.save_outputs(job.id, start, documents)
+        return self.store.save_outputs(job.id, start, documents) is not None
 
     def _succeed(self, job: JobRecord) -> JobRecord | None:
         import json

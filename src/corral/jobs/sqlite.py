@@ -162,11 +162,11 @@ class SQLiteJobStore(JobStore):
             self._put(db, job)
             return True
 
-    def save_outputs(self, job_id: str, start: int, outputs: list[bytes]) -> int:
+    def save_outputs(self, job_id: str, start: int, outputs: list[bytes]) -> int | None:
         with self._tx() as db:
             job = self._load(db, job_id)
             if job is None or job.finished:
-                return 0 if job is None else job.done
+                return None
             seen = db.execute("SELECT 1 FROM job_outputs WHERE job_id=? AND start=?",
                               (job_id, start)).fetchone()
             if seen is None:  # a slice computed twice (a runner took over) counts once
