@@ -22,11 +22,13 @@ pytestmark = pytest.mark.slow
 APP = str(APPS / "jobs.py")
 
 
-def kill_tree(server: ServerProcess) -> None:
+def kill_tree(server: ServerProcess,
+              roles: frozenset[str] | set[str] = frozenset({"jobs", "dispatcher", "replica",
+                                                            "http"})) -> None:
     """kill -9 every process of a server at once: nothing gets to clean up."""
     os.kill(server.proc.pid, signal.SIGSTOP)  # the supervisor restarts nothing meanwhile
     tree = descendants(server.proc.pid)
-    assert {"jobs", "dispatcher", "replica", "http"} <= {p.role for p in tree}
+    assert roles <= {p.role for p in tree}, tree
     for p in tree:
         os.kill(p.pid, signal.SIGKILL)
     os.kill(server.proc.pid, signal.SIGKILL)

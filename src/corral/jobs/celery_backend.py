@@ -93,6 +93,7 @@ def worker_app(settings: Settings, runtime_dir: str) -> Celery:
 
     from ..process.client import DispatcherEngine
     from ..process.runtime import Runtime
+    from ..process.title import set_title
     from .backend import open_store, runner_settings
     from .runner import JobRunner, runner_id
 
@@ -127,8 +128,15 @@ def worker_app(settings: Settings, runtime_dir: str) -> Celery:
                                       now(), settings.job_ttl)
         return "stopped" if finished is None else finished.status
 
+    @signals.worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
+    def title_pool_process(**_: Any) -> None:
+        set_title("jobs-pool", runtime_dir)  # Celery titled it; ps shows whose it is
+
     @signals.worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
     def start_sweep(**_: Any) -> None:
+        set_title("jobs", runtime_dir)
+        logger.info("corral worker ready: running jobs from queue %s with %d processes",
+                    settings.job_queue, settings.job_concurrency)
         threading.Thread(target=_sweep, args=(settings, app), name="corral-job-sweep",
                          daemon=True).start()
 
