@@ -159,9 +159,12 @@ class InvalidInput(CorralError):
 
 
 class IdempotencyKeyReused(CorralError):
-    """An Idempotency-Key was sent again with a different body or model."""
+    """An Idempotency-Key was sent again with a different body or model.
 
-    status = 422
+    409 rather than the 422 of the IETF idempotency-key draft: the body is valid; it
+    conflicts with the job the key already names."""
+
+    status = 409
     type = "idempotency-key-reused"
     title = "Idempotency key reused"
 

@@ -142,7 +142,7 @@ def test_idempotency_key_returns_the_same_job(server: ServerProcess) -> None:
     assert again.headers.get("Idempotent-Replayed") == "true"
     assert "Idempotent-Replayed" not in first.headers
     other = submit(server, [{"values": [2]}], headers={"Idempotency-Key": key})
-    assert other.status_code == 422 and other.json()["type"] == "idempotency-key-reused"
+    assert other.status_code == 409 and other.json()["type"] == "idempotency-key-reused"
     elsewhere = submit(server, [{"values": [1]}], model="sum-items",
                        headers={"Idempotency-Key": key})
     assert elsewhere.status_code == 202 and elsewhere.json()["id"] != first.json()["id"]

@@ -26,7 +26,10 @@ def test_schemathesis_finds_nothing(serve: Callable[..., ServerProcess], tmp_pat
     batching = {f"CORRAL_MODELS__{m}__MAX_SIZE": "64" for m in ("ECHO", "TEXT_STATS")}
     server = serve(str(APPS / "fuzz.py"), "--worker-class", worker_class, env=batching)
     result = subprocess.run(
+        # All checks but use_after_free: DELETE /v1/jobs/{id} cancels a job, and the job
+        # stays readable (status "cancelled") until its result expires, by design.
         [SCHEMATHESIS, "run", f"{server.url}/openapi.json", "--checks", "all",
+         "--exclude-checks", "use_after_free",
          "--max-examples", "40", "--workers", "1", "--seed", "1", "--no-color"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )

@@ -19,6 +19,7 @@ from ..registry.catalog import Catalog
 from ..schema.inputs import parse_json, validate_inputs
 from .body import read_json_body
 from .problems import compact_json, status_line
+from .routes import SECONDS
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -132,12 +133,8 @@ class JobRoutes:
         if raw is None:
             return 0.0
         limit = self.settings.job_max_wait
-        try:
-            value = float(raw)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and 0 <= value <= limit) or not raw.replace(
-                ".", "", 1).isdigit():
+        value = float(raw) if SECONDS.match(raw) else math.nan
+        if not 0 <= value <= limit:
             raise InvalidInput(
                 f"wait must be a number of seconds from 0 to {limit:g}; got {raw!r}.",
                 errors=[{"loc": ["query", "wait"],

@@ -29,7 +29,7 @@ from .problems import at_item, compact_json, problem_document, status_line
 
 TIMEOUT_HEADER = "X-Request-Timeout"
 # A plain decimal number, as in JSON (no "1_0", "0x10", "inf" or non-ASCII digits).
-_SECONDS = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$")
+SECONDS = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$")
 
 
 def _json_response(data: Any, status: int = 200) -> Response:
@@ -116,7 +116,7 @@ class Routes:
         raw = request.headers.get(TIMEOUT_HEADER)
         if raw is None:
             return limit
-        if not _SECONDS.match(raw):
+        if not SECONDS.match(raw):
             raise InvalidInput(
                 f"{TIMEOUT_HEADER} must be a number of seconds, such as 2 or 0.5.",
                 errors=[{"loc": ["header", TIMEOUT_HEADER],

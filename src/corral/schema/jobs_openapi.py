@@ -46,6 +46,9 @@ def add_jobs(document: dict[str, Any], catalog: Catalog, settings: Settings,
                 settings.job_max_items)
             responses = {"202": accepted, **{s: predict["responses"][s]
                                              for s in ("400", "413", "415", "422")}}
+            responses["409"] = _problem(409, only=(
+                "The Idempotency-Key names a job made with another model or body.",
+                ["idempotency-key-reused"]))
             responses["500"] = _problem(500, only=(
                 "The server failed (the job store is unreachable); `error_id` finds the "
                 "traceback in the server log.", ["internal-error"]))
