@@ -88,13 +88,16 @@ def test_lease_excludes_others_until_it_runs_out(store: JobStore) -> None:
 def test_claim_takes_oldest_runnable_and_stale_owners(store: JobStore) -> None:
     older, _ = store.create(job(at=T0), [b"{}"])
     newer, _ = store.create(job(at=T0 + 1), [b"{}"])
-    claimed = store.claim("a", 10, 1, T0 + 2)
-    assert [c.id for c in claimed] == [older.id]
-    assert [c.id for c in store.claim("b", 10, 5, T0 + 2)] == [newer.id]
-    assert store.claim("c", 10, 5, T0 + 3) == []
+    other, _ = store.create(job(at=T0 - 1, model="other"), [b"{}"])
+    ours = frozenset({"m:1"})
+    claimed = store.claim("a", 10, 1, T0 + 2, ours)
+    assert [c.id for c in claimed] == [older.id]  # not the other model's older job
+    assert [c.id for c in store.claim("b", 10, 5, T0 + 2, ours)] == [newer.id]
+    assert store.claim("c", 10, 5, T0 + 3, ours) == []
     assert store.running_owners() == {"a", "b"}
-    rescued = store.claim("c", 10, 5, T0 + 3, stale_owners=frozenset({"a"}))
+    rescued = store.claim("c", 10, 5, T0 + 3, ours, stale_owners=frozenset({"a"}))
     assert [c.id for c in rescued] == [older.id]
+    assert [c.id for c in store.claim("d", 10, 5, T0 + 3, frozenset({"other:1"}))] == [other.id]
 
 
 def test_outputs_resume_and_count_once(store: JobStore) -> None:

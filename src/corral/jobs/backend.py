@@ -106,13 +106,12 @@ def open_service(settings: Settings, engine: Engine, catalog: Catalog,
 
     sizes = {str(spec.key): spec.batching.max_size for spec in catalog}
     wakeup = Wakeup()
-    loop: list[EmbeddedLoop] = []
 
     def start_runner() -> None:
         import threading
 
         runner = JobRunner(store, engine, runner_settings(settings, sizes, catalog), runner_id())
-        loop[:] = [EmbeddedLoop(store, runner, settings.job_concurrency, wakeup)]
-        threading.Thread(target=loop[0].run, name="corral-jobs", daemon=True).start()
+        loop = EmbeddedLoop(store, runner, settings.job_concurrency, wakeup, frozenset(sizes))
+        threading.Thread(target=loop.run, name="corral-jobs", daemon=True).start()
 
     return JobService(store, lambda job: wakeup.set(), start_runner)

@@ -83,8 +83,11 @@ class EmbeddedLoop:
     """Claims runnable jobs and runs up to ``concurrency`` of them at once."""
 
     def __init__(self, store: JobStore, runner: JobRunner, concurrency: int,
-                 wakeup: Wakeup) -> None:
+                 wakeup: Wakeup, models: frozenset[str]) -> None:
+        """``models``: the ``name:version`` keys this server runs; jobs of other models in
+        a shared data directory are left to the servers that have them."""
         self.store, self.runner, self.wakeup = store, runner, wakeup
+        self.models = models
         self.concurrency = concurrency
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="corral-job")
         self._running = 0
@@ -122,7 +125,7 @@ class EmbeddedLoop:
         stale = frozenset(o for o in self.store.running_owners()
                           if o != self.runner.owner and owner_dead(o))
         for job in self.store.claim(self.runner.owner, self.runner.settings.lease, free, t,
-                                    stale):
+                                    self.models, stale):
             if job.attempts > 1:
                 logger.info("job %s: taking it over (attempt %d)", job.id, job.attempts)
             with self._lock:

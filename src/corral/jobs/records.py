@@ -124,10 +124,11 @@ class JobStore(ABC):
         runner whose lease has not run out."""
 
     @abstractmethod
-    def claim(self, owner: str, lease: float, limit: int, now: float,
+    def claim(self, owner: str, lease: float, limit: int, now: float, models: frozenset[str],
               stale_owners: frozenset[str] = frozenset()) -> list[JobRecord]:
-        """Start up to ``limit`` runnable jobs, oldest first, for ``owner``. Jobs leased to
-        an owner in ``stale_owners`` (known dead) count as runnable at once."""
+        """Start up to ``limit`` runnable jobs of ``models`` (``name:version`` keys), oldest
+        first, for ``owner``. Jobs leased to an owner in ``stale_owners`` (known dead)
+        count as runnable at once."""
 
     @abstractmethod
     def renew(self, job_id: str, owner: str, lease: float, now: float) -> bool:

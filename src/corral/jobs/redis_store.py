@@ -123,13 +123,15 @@ class RedisJobStore(JobStore):
 
         return self._update(job_id, change)
 
-    def claim(self, owner: str, lease: float, limit: int, now: float,
+    def claim(self, owner: str, lease: float, limit: int, now: float, models: frozenset[str],
               stale_owners: frozenset[str] = frozenset()) -> list[JobRecord]:
         jobs: list[JobRecord] = []
-        for raw_id in self.r.zrange(f"{_P}open", 0, -1):
+        for job in self._open_jobs():
             if len(jobs) >= limit:
                 break
-            started = self.start(raw_id, owner, lease, now, stale_owners)
+            if job.key not in models:
+                continue
+            started = self.start(job.id, owner, lease, now, stale_owners)
             if started is not None:
                 jobs.append(started)
         return jobs

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 from .records import JobRecord, JobStore
@@ -83,11 +84,21 @@ class JobService:
         self._send = send
         self._start_runner = start_runner
         self._started_pid: int | None = None
+        self._checked_pid: int | None = None
         self._lock = threading.Lock()
         self.watch = JobWatch(store)
 
     def start(self) -> None:
-        """Start this process's runner, if it has one (after a fork, again)."""
+        """Called when this process starts serving (again after a fork): start its own
+        runner, if it has one, when jobs are waiting. Otherwise the first submit starts it,
+        so a server that never sees a job runs no jobs thread."""
+        if self._start_runner is None or self._checked_pid == os.getpid():
+            return
+        self._checked_pid = os.getpid()
+        if self.store.lost(time.time(), 0.0, limit=1):  # jobs queued, or left by a crash
+            self._ensure_runner()
+
+    def _ensure_runner(self) -> None:
         if self._start_runner is None or self._started_pid == os.getpid():
             return
         with self._lock:
@@ -100,6 +111,7 @@ class JobService:
         already made and False."""
         job, created = self.store.create(job, inputs)
         if created:
+            self._ensure_runner()
             try:
                 self._send(job)
             except Exception:

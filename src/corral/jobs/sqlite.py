@@ -139,15 +139,19 @@ class SQLiteJobStore(JobStore):
             self._put(db, self._lease(job, owner, lease, now))
             return job
 
-    def claim(self, owner: str, lease: float, limit: int, now: float,
+    def claim(self, owner: str, lease: float, limit: int, now: float, models: frozenset[str],
               stale_owners: frozenset[str] = frozenset()) -> list[JobRecord]:
         with self._tx() as db:
             stale = sorted(stale_owners)
             marks = ",".join("?" * len(stale)) or "NULL"
+            keys = sorted(models)
+            key_marks = ",".join("?" * len(keys)) or "NULL"
             rows = db.execute(
-                "SELECT record FROM jobs WHERE status='queued' OR (status='running' AND "
-                f"(lease_until <= ? OR owner IN ({marks}))) ORDER BY created_at LIMIT ?",
-                (now, *stale, limit)).fetchall()
+                "SELECT record FROM jobs WHERE (status='queued' OR (status='running' AND "
+                f"(lease_until <= ? OR owner IN ({marks})))) AND json_extract(record, "
+                f"'$.model') || ':' || json_extract(record, '$.version') IN ({key_marks}) "
+                "ORDER BY created_at LIMIT ?",
+                (now, *stale, *keys, limit)).fetchall()
             jobs = [self._lease(JobRecord.from_json(r[0]), owner, lease, now) for r in rows]
             for job in jobs:
                 self._put(db, job)

@@ -37,7 +37,8 @@ def main(argv: list[str]) -> int:
     sizes = {entry.key: entry.max_size for entry in runtime.read_models()}
     store = open_store(settings)
     runner = JobRunner(store, engine, runner_settings(settings, sizes), runner_id())
-    loop = EmbeddedLoop(store, runner, settings.job_concurrency, Wakeup(runtime.jobs_wake))
+    loop = EmbeddedLoop(store, runner, settings.job_concurrency, Wakeup(runtime.jobs_wake),
+                        frozenset(sizes))
 
     def stop(signum: int, frame: Any) -> None:
         loop.stop()
