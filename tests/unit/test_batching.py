@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.batching.queue import BatchQueue, Lane, Ticket
+from corral.batching.queue import BACKGROUND_SHARE, LIVE_ACTIVE, BatchQueue, Lane, Ticket
 from corral.errors import Overloaded
 from corral.model import Batching
 from tests.fixtures import FakeClock
@@ -165,7 +165,7 @@ def test_live_goes_before_background_at_equal_arrival() -> None:
     q.put(bg)
     q.put(live)
     assert q.take().inputs() == ["live0", "live1"]
-    assert q.take().inputs() == ["bg0", "bg1"]
+    assert q.take(free_replicas=2).inputs() == ["bg0", "bg1"]
 
 
 def test_background_not_yet_aged_stays_behind_newer_live() -> None:
@@ -186,17 +186,28 @@ def test_aged_background_goes_ahead_of_newer_live() -> None:
     assert q.take().inputs() == ["live0"]
 
 
-def test_batch_shares_room_between_lanes() -> None:
-    q, clock = make(max_size=4)
+def test_aged_background_shares_a_batch_with_live() -> None:
+    q, clock = make(max_size=4, aging=2.0)
     bg = ticket(3, clock, tag="bg", lane="background")
-    live = ticket(2, clock, tag="live")
     q.put(bg)
+    clock.advance(2.5)
+    live = ticket(2, clock, tag="live")
     q.put(live)
-    first = q.take()
-    assert [(s.ticket, s.start, s.stop) for s in first.slices] == [(live, 0, 2), (bg, 0, 2)]
-    assert (q.waiting("live"), q.waiting("background"), len(q)) == (0, 1, 1)
-    assert q.take().inputs() == ["bg2"]
+    first = q.take(free_replicas=2)  # a spare replica: no share limit
+    assert [(s.ticket, s.start, s.stop) for s in first.slices] == [(bg, 0, 3), (live, 0, 1)]
+    assert (q.waiting("live"), q.waiting("background"), len(q)) == (1, 0, 1)
+    assert q.take().inputs() == ["live1"]
     assert len(q) == 0
+
+
+def test_queued_live_requests_keep_background_out_of_their_batch() -> None:
+    q, clock = make(max_size=4, aging=2.0)
+    q.put(ticket(3, clock, tag="bg", lane="background"))
+    q.put(ticket(2, clock, tag="live"))
+    clock.advance(LIVE_ACTIVE + 0.01)  # no new live request, but these still wait
+    assert q.take(free_replicas=2).inputs() == ["live0", "live1"]
+    assert not q.live_active()
+    assert q.take().inputs() == ["bg0", "bg1", "bg2"]
 
 
 def test_waiting_counts_each_lane() -> None:
@@ -207,13 +218,49 @@ def test_waiting_counts_each_lane() -> None:
     assert (q.waiting("live"), q.waiting("background"), len(q)) == (2, 3, 5)
 
 
-def test_background_alone_is_ready_and_batched() -> None:
+def test_background_alone_goes_at_once_when_live_traffic_is_quiet() -> None:
     q, clock = make(max_wait_ms=10)
     q.put(ticket(1, clock, tag="bg", lane="background"))
     assert q.ready(busy_replicas=0)
-    assert not q.ready(busy_replicas=1)
-    assert q.next_wakeup(busy_replicas=1) == pytest.approx(0.010)
+    assert q.ready(busy_replicas=1)  # nobody waits on it: no max_wait_ms
     assert q.take().inputs() == ["bg0"]
+
+
+def test_while_live_is_active_background_keeps_the_last_replica_free() -> None:
+    q, clock = make(max_size=16, aging=2.0)
+    q.put(ticket(1, clock, tag="live"))
+    q.take()  # the live request is computing
+    q.put(ticket(20, clock, tag="bg", lane="background"))
+    assert not q.ready(busy_replicas=1, free_replicas=1)
+    assert q.next_wakeup(busy_replicas=1, free_replicas=1) == pytest.approx(LIVE_ACTIVE)
+    assert q.ready(busy_replicas=1, free_replicas=2)  # a spare replica: a full batch
+    assert q.take(free_replicas=2).inputs() == [f"bg{i}" for i in range(16)]
+    clock.advance(LIVE_ACTIVE + 0.01)  # quiet
+    assert q.ready(busy_replicas=2, free_replicas=1)
+    assert q.take().inputs() == ["bg16", "bg17", "bg18", "bg19"]
+
+
+def test_while_live_is_active_a_live_batch_is_not_filled_with_background() -> None:
+    q, clock = make(max_size=8, aging=2.0)
+    q.put(ticket(4, clock, tag="bg", lane="background"))
+    q.put(ticket(2, clock, tag="live"))
+    assert q.take(free_replicas=3).inputs() == ["live0", "live1"]
+
+
+def test_aged_background_on_the_last_replica_takes_a_small_share() -> None:
+    q, clock = make(max_size=16, aging=2.0)
+    q.put(ticket(10, clock, tag="bg", lane="background"))
+    clock.advance(2.5)
+    q.put(ticket(3, clock, tag="live"))
+    assert q.ready(busy_replicas=0)
+    # 16 // BACKGROUND_SHARE background inputs first (they aged), the rest for live.
+    share = 16 // BACKGROUND_SHARE
+    assert q.take().inputs() == [f"bg{i}" for i in range(share)] + ["live0", "live1", "live2"]
+    q.put(ticket(3, clock, tag="more"))
+    assert q.take().inputs() == ["more0", "more1", "more2"]  # the rest ranks anew
+    clock.advance(2.5)
+    q.put(ticket(1, clock, tag="last"))
+    assert q.take().inputs()[:share] == [f"bg{i}" for i in range(share, 2 * share)]
 
 
 def test_drain_covers_both_lanes() -> None:
@@ -237,7 +284,8 @@ def test_pop_expired_covers_both_lanes() -> None:
     clock.advance(0.5)
     assert set(q.pop_expired()) == {live_short, bg_short}
     assert (q.waiting("live"), q.waiting("background")) == (1, 1)
-    assert q.take().inputs() == ["live0", "bg0"]
+    assert q.take().inputs() == ["live0"]
+    assert q.take().inputs() == ["bg0"]
 
 
 def test_discard_covers_both_lanes() -> None:
@@ -246,8 +294,9 @@ def test_discard_covers_both_lanes() -> None:
     live = ticket(1, clock)
     q.put(bg)
     q.put(live)
-    q.take()  # live0 and bg0 handed out
-    assert (q.waiting("live"), q.waiting("background")) == (0, 2)
+    q.take()  # live0 handed out
+    q.take(free_replicas=2)  # bg0 and bg1
+    assert (q.waiting("live"), q.waiting("background")) == (0, 1)
     q.discard(bg)
     q.discard(live)  # already fully handed out: nothing to remove
     assert (q.waiting("live"), q.waiting("background"), len(q)) == (0, 0, 0)

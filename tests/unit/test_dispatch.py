@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from corral.batching.queue import BACKGROUND_AGING
+from corral.batching.queue import BACKGROUND_AGING, BACKGROUND_SHARE, LIVE_ACTIVE
 from corral.dispatch.core import HELLO_GRACE, DispatchCore, Effect, Kill, ModelConfig, Send
 from corral.errors import ModelError
 from corral.model import Batching
@@ -374,22 +374,50 @@ def test_unknown_lane_is_refused() -> None:
     assert error_types(submit(core, clock, 1, lane="urgent")) == {1: "internal-error"}
 
 
-def test_live_goes_first_and_background_fills_the_rest_of_the_batch() -> None:
+def test_queued_live_requests_go_alone_then_background_in_full_batches() -> None:
     core, clock = make()
     hello(core, "r0")
     work = busy_with_one(core, clock, id=1)
     submit(core, clock, 2, n=3, lane="background")
-    submit(core, clock, 3, n=3)  # live, same time
+    submit(core, clock, 3, n=3)  # live, same time; then no new live request
+    clock.advance(LIVE_ACTIVE + 0.01)
     work = only_work(done(core, "r0", work), "r0")
-    assert (work.groups, work.inputs) == ([3, 1], [300, 301, 302, 200])
+    assert work.inputs == [300, 301, 302]  # not filled: on a CPU that would slow them
     effects = done(core, "r0", work)
-    assert results(effects) == {3: out(300, 301, 302)}
-    work = only_work(effects, "r0")
-    assert work.inputs == [201, 202]
+    assert results(effects) == {3: out(300, 301, 302)} and works(effects) == []
+    clock.advance(LIVE_ACTIVE + 0.01)  # its client did not come back
+    core.tick()
+    work = only_work(core.take_effects(), "r0")
+    assert work.inputs == [200, 201, 202]
     assert results(done(core, "r0", work)) == {2: out(200, 201, 202)}
 
 
-def test_aged_background_goes_ahead_of_newer_live() -> None:
+def test_while_live_traffic_is_active_background_waits_for_a_spare_replica() -> None:
+    core, clock = make(replicas=3)
+    for i in range(3):
+        hello(core, f"r{i}", i)
+    submit(core, clock, 1)  # a live request takes one replica
+    first = only_work(submit(core, clock, 2, n=3, lane="background"))  # two were free
+    assert first.inputs == [200, 201, 202]
+    assert submit(core, clock, 3, n=3, lane="background") == []  # the last free one: kept
+    clock.advance(LIVE_ACTIVE + 0.01)
+    core.tick()
+    assert only_work(core.take_effects()).inputs == [300, 301, 302]  # live went quiet
+
+
+def test_answering_live_requests_keeps_live_traffic_active() -> None:
+    core, clock = make()
+    hello(core, "r0")
+    work = busy_with_one(core, clock, id=1)
+    submit(core, clock, 2, n=3, lane="background")
+    clock.advance(LIVE_ACTIVE * 5)  # a long batch: its client arrived long ago...
+    assert works(done(core, "r0", work)) == []  # ...but it is answered now and comes back
+    clock.advance(LIVE_ACTIVE + 0.01)
+    core.tick()
+    assert only_work(core.take_effects()).inputs == [200, 201, 202]  # it did not
+
+
+def test_aged_background_goes_ahead_of_newer_live_with_a_small_share() -> None:
     core, clock = make()
     hello(core, "r0")
     work = busy_with_one(core, clock, id=1)
@@ -397,8 +425,9 @@ def test_aged_background_goes_ahead_of_newer_live() -> None:
     clock.advance(BACKGROUND_AGING + 0.5)
     submit(core, clock, 3, n=4)
     work = only_work(done(core, "r0", work), "r0")
-    assert work.inputs == [200, 201, 202, 203]
-    assert only_work(done(core, "r0", work), "r0").inputs == [300, 301, 302, 303]
+    share = max(1, BATCHING.max_size // BACKGROUND_SHARE)
+    assert work.inputs == [200 + i for i in range(share)] + [300, 301, 302, 303][
+        :BATCHING.max_size - share]
 
 
 # -- replicas come and go ---------------------------------------------------------------

@@ -7,9 +7,23 @@ each with one or more inputs, in two lanes:
   (beyond it, :class:`~corral.errors.Overloaded`).
 * **background**: work nobody waits on (async jobs). Not counted against
   ``max_queue`` (its feeder bounds it), and ranked below live traffic: a background
-  ticket competes as if it had arrived ``aging`` seconds later than it did, so it
-  fills the room live requests leave in a batch, and one that has waited long
-  enough still goes ahead of newer live requests: it never starves.
+  ticket competes as if it had arrived ``aging`` seconds later than it did, so one
+  that has waited long enough goes ahead of newer live requests: it never starves.
+
+Background work uses capacity live traffic leaves idle, and on a CPU every input
+in a batch costs time, so while live traffic is *active* (live requests wait, or one
+arrived or was answered in the last ``LIVE_ACTIVE`` seconds):
+
+* a batch that carries live inputs is not filled up with background ones (unless
+  they have aged ahead of them);
+* a batch of background inputs alone goes only to a replica that is not the last
+  free one (the last is kept for live requests), or once its head has aged; on the
+  last free replica it is cut to ``max_size // 8`` inputs, so a live request that
+  arrives meanwhile waits little, and the rest of that ticket ranks anew (one such
+  share per ticket per ``aging`` seconds).
+
+When live traffic is quiet, background inputs go at once, in full batches. Aged
+background inputs share batches with live ones.
 
 The queue admits or refuses tickets, drops those whose deadline has passed, and
 decides when a batch goes and what is in it:
@@ -41,6 +55,11 @@ Lane = Literal["live", "background"]
 
 # Seconds a background ticket is ranked behind a live one that arrived at the same time.
 BACKGROUND_AGING = 1.0
+# Live traffic counts as active this long after a live request arrived.
+LIVE_ACTIVE = 0.1
+# While it is, a batch of background inputs alone on the last free replica holds at most
+# max_size // this.
+BACKGROUND_SHARE = 8
 
 
 @dataclass(eq=False)
@@ -98,6 +117,7 @@ class BatchQueue:
         self.clock = clock
         self.aging = aging
         self._lanes: dict[Lane, deque[Ticket]] = {"live": deque(), "background": deque()}
+        self._last_live = float("-inf")
         self._waiting: dict[Lane, int] = {"live": 0, "background": 0}
 
     def __len__(self) -> int:
@@ -125,6 +145,8 @@ class BatchQueue:
         ticket.enqueued_at = self.clock()
         ticket.queued = True
         self._lanes[ticket.lane].append(ticket)
+        if ticket.lane == "live":
+            self._last_live = ticket.enqueued_at
         self._waiting[ticket.lane] += n
 
     def discard(self, ticket: Ticket) -> None:
@@ -166,14 +188,39 @@ class BatchQueue:
         heads = [lane[0].enqueued_at for lane in self._lanes.values() if lane]
         return min(heads) if heads else None
 
-    def ready(self, busy_replicas: int) -> bool:
-        """Whether a free replica should take a batch now."""
-        oldest = self._oldest()
-        if oldest is None:
+    def live_answered(self) -> None:
+        """A batch with live inputs was answered: clients in a closed loop send their next
+        request now, so live traffic counts as active from here (not from their last
+        arrival, which may be a long batch ago)."""
+        self._last_live = self.clock()
+
+    def live_active(self) -> bool:
+        """Whether live requests wait, or one arrived or was answered in the last
+        ``LIVE_ACTIVE`` seconds."""
+        return bool(self._lanes["live"]) or self.clock() - self._last_live < LIVE_ACTIVE
+
+    def _aged(self) -> bool:
+        """Whether the head of the background lane ranks ahead of live traffic now."""
+        background = self._lanes["background"]
+        return bool(background) and background[0].enqueued_at + self.aging <= self.clock()
+
+    def ready(self, busy_replicas: int, free_replicas: int = 1) -> bool:
+        """Whether one of ``free_replicas`` free replicas should take a batch now."""
+        if self._lanes["live"] or self._aged():
+            if self._waiting["live"] >= self.policy.max_size or busy_replicas == 0:
+                return True
+            return self.clock() - self._oldest_due() >= self.policy.max_wait_ms / 1000.0
+        if not self._lanes["background"]:
             return False
-        if len(self) >= self.policy.max_size or busy_replicas == 0:
-            return True
-        return self.clock() - oldest >= self.policy.max_wait_ms / 1000.0
+        # Background alone: at once, unless it would take the last replica from live traffic.
+        return free_replicas >= 2 or not self.live_active()
+
+    def _oldest_due(self) -> float:
+        live = self._lanes["live"]
+        heads = [live[0].enqueued_at] if live else []
+        if self._aged():
+            heads.append(self._lanes["background"][0].enqueued_at)
+        return min(heads)
 
     def next_wakeup(self, busy_replicas: int, free_replicas: int = 1) -> float | None:
         """Seconds until something changes without new input: a batch falls due or a deadline passes.
@@ -187,9 +234,15 @@ class BatchQueue:
         deadline = min(t.deadline for t in self._tickets())
         if free_replicas <= 0:
             return max(0.0, deadline - now)
-        if self.ready(busy_replicas):
+        if self.ready(busy_replicas, free_replicas):
             return 0.0
-        due = oldest + self.policy.max_wait_ms / 1000.0
+        if self._lanes["live"]:
+            due = self._oldest_due() + self.policy.max_wait_ms / 1000.0
+        else:  # background held back: until live traffic goes quiet, or it ages
+            due = min(self._last_live + LIVE_ACTIVE,
+                      self._lanes["background"][0].enqueued_at + self.aging)
+        if self._lanes["background"]:
+            due = min(due, self._lanes["background"][0].enqueued_at + self.aging)
         return max(0.0, min(due, deadline) - now)
 
     def _next_lane(self) -> Lane | None:
@@ -201,16 +254,36 @@ class BatchQueue:
         aged = background[0].enqueued_at + self.aging
         return "background" if aged < live[0].enqueued_at else "live"
 
-    def take(self) -> Batch:
-        """Hand out up to ``max_size`` inputs, by rank. Call when ready() says so."""
+    def take(self, free_replicas: int = 1) -> Batch:
+        """Hand out up to ``max_size`` inputs, by rank. Call when ready() says so, with the
+        number of free replicas counting the one that takes the batch."""
         batch = Batch()
         room = self.policy.max_size
+        active = self.live_active()
+        background_room = room
+        if active and free_replicas < 2:
+            background_room = max(1, room // BACKGROUND_SHARE)
+        has_live = False
         while room:
             lane = self._next_lane()
             if lane is None:
                 break
+            if lane == "background" and active and (
+                    background_room == 0 or (has_live and not self._aged())):
+                # No filling a live batch while live traffic is active; past its share,
+                # background gives the rest of the batch to live requests.
+                if not self._lanes["live"]:
+                    break
+                lane = "live"
             ticket = self._lanes[lane][0]
             n = min(room, ticket.remaining)
+            if lane == "background" and active:
+                n = min(n, background_room)
+                background_room -= n
+                # Its share taken, the rest of it ranks as if it had just arrived: one
+                # share per ``aging`` seconds while live traffic is active, not one per batch.
+                ticket.enqueued_at = self.clock()
+            has_live = has_live or lane == "live"
             batch.slices.append(Slice(ticket, ticket.next_index, ticket.next_index + n))
             ticket.next_index += n
             self._waiting[lane] -= n

@@ -389,6 +389,8 @@ class DispatchCore:
             return
         _, batch = replica.batch
         replica.batch = None
+        if any(piece.ticket.lane == "live" for piece in batch.slices):
+            model.queue.live_answered()  # its clients will be back: still active
         self._deliver(model, batch, msg)
         if replica.leaving:
             self.effects.append(Send(peer, Stop()))
@@ -487,9 +489,9 @@ class DispatchCore:
 
     def _dispatch(self, model: _Model) -> None:
         free = [r for r in model.ready() if r.batch is None]
-        while free and model.queue.ready(model.busy()):
+        while free and model.queue.ready(model.busy(), len(free)):
+            batch = model.queue.take(len(free))
             replica = free.pop()
-            batch = model.queue.take()
             batch_id = next(self._batch_ids)
             replica.batch = (batch_id, batch)
             replica.batch_deadline = max(piece.ticket.deadline for piece in batch.slices)

@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -169,8 +170,29 @@ def _sweep(settings: Settings, app: Celery) -> None:
             logger.warning("job sweep failed; trying again", exc_info=True)
 
 
+def _wait_for_models(runtime_dir: str) -> None:
+    """Take no task before the models are done loading: a task taken while they load
+    would only wait, and keep its job from a worker that is ready."""
+    from ..process.runtime import Runtime
+
+    runtime = Runtime(runtime_dir)
+    logged = False
+    while True:
+        try:
+            states = {s.state for s in runtime.read_status().values()}
+        except (OSError, ValueError):
+            states = {"loading"}
+        if states and "loading" not in states:
+            return
+        if not logged:
+            logger.info("waiting for the models to load before taking jobs")
+            logged = True
+        time.sleep(0.2)
+
+
 def run_worker(settings: Settings, runtime_dir: str) -> int:
     """Run the Celery worker of ``corral worker`` until it is told to stop."""
+    _wait_for_models(runtime_dir)
     app = worker_app(settings, runtime_dir)
     worker = app.Worker(
         pool="prefork", concurrency=settings.job_concurrency, queues=[settings.job_queue],
