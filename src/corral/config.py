@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -112,8 +114,9 @@ class Settings(BaseSettings):
         "API is off while unset.",
     )
     data_dir: str = Field(
-        ".corral", description="Directory of the embedded job store (jobs.sqlite3); relative "
-        "to where the server starts.")
+        ".corral", validate_default=True,
+        description="Directory of the embedded job store (jobs.sqlite3); relative to where "
+        "the server starts.")
     broker_url: str | None = Field(
         None, description="Celery broker for jobs (redis://host:6379/0 or "
         "amqp://user:pass@host:5672//); unset: jobs run embedded, in this server.")
@@ -132,8 +135,11 @@ class Settings(BaseSettings):
         3, ge=1, description="Times a job is started (its runner dying each time) before it "
         "fails; also the tries of inputs whose replica crashed.")
     job_concurrency: int = Field(
-        4, ge=1, description="Jobs one runner works on at once (the embedded runner, or the "
-        "processes of a corral worker).")
+        16, ge=1, description="Jobs the embedded runner works on at once (threads that "
+        "feed the dispatcher; more of them make bigger batches of one-input jobs).")
+    worker_concurrency: int = Field(
+        4, ge=1, description="Processes of a corral worker (Celery prefork), each running "
+        "one job at a time.")
     job_max_items: int = Field(
         100_000, ge=1, description="Most inputs in one job.")
     job_max_wait: float = Field(
@@ -156,6 +162,13 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Per-model overrides, e.g. CORRAL_MODELS__IRIS__MAX_SIZE=64.",
     )
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        # Made absolute where the settings are built, so every process of a server (and a
+        # WSGI app started elsewhere against its runtime directory) uses the same one.
+        return str(Path(value).expanduser().absolute())
 
     def overrides_for(self, model_name: str) -> ModelOverrides:
         """The overrides for one model; env keys use ``_`` for the name's ``-``."""

@@ -242,6 +242,13 @@ class Overloaded(_RetryLater):
     title = "Model overloaded"
 
 
+class JobStoreUnavailable(_RetryLater):
+    """The job store (SQLite file, Redis) cannot be reached or is locked right now."""
+
+    type = "job-store-unavailable"
+    title = "Job store unavailable"
+
+
 class ModelLoading(_RetryLater):
     """The model has not finished ``load()`` yet."""
 
@@ -284,7 +291,8 @@ _BY_TYPE: dict[str, type[CorralError]] = {
         InvalidJSON, Unauthorized, Forbidden, NotFound, ModelNotFound, VersionNotFound,
         JobNotFound, JobFinished, IdempotencyKeyReused, MethodNotAllowed,
         PayloadTooLarge, UnsupportedMediaType, InvalidInput, ModelError, InternalError,
-        WorkerCrashed, ClientClosedRequest, Overloaded, ModelLoading, ModelFailed,
+        WorkerCrashed, ClientClosedRequest, Overloaded, JobStoreUnavailable, ModelLoading,
+        ModelFailed,
         ModelUnloaded, RequestTimeout,
     )
 }

@@ -155,7 +155,7 @@ def test_kill_9_the_worker_mid_task_the_job_completes(brokers: dict[str, str], s
 
 def test_kill_9_a_pool_process_the_task_is_delivered_again(brokers: dict[str, str],
                                                            serve: Any, workers: Any) -> None:
-    env = job_env(brokers, "amqp", CORRAL_JOB_CONCURRENCY="2")
+    env = job_env(brokers, "amqp", CORRAL_WORKER_CONCURRENCY="2")
     server = serve(APP, env=env)
     worker = workers(env)
     jobs_proc = next(p for p in descendants(worker.proc.pid) if p.role == "jobs")

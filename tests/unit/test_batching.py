@@ -263,6 +263,36 @@ def test_aged_background_on_the_last_replica_takes_a_small_share() -> None:
     assert q.take().inputs()[:share] == [f"bg{i}" for i in range(share, 2 * share)]
 
 
+def test_a_reranked_ticket_goes_behind_older_background_tickets() -> None:
+    q, clock = make(max_size=16, aging=2.0)
+    first = ticket(10, clock, tag="a", lane="background")
+    q.put(first)
+    clock.advance(0.5)
+    q.put(ticket(10, clock, tag="b", lane="background"))
+    clock.advance(2.0)  # both aged
+    q.put(ticket(1, clock, tag="live"))
+    share = 16 // BACKGROUND_SHARE
+    assert q.take().inputs() == [f"a{i}" for i in range(share)] + ["live0"]
+    assert first.rank_at == clock()
+    q.put(ticket(1, clock, tag="live2"))
+    # b now ranks before the rest of a, which ranks as if it had just arrived.
+    assert q.take().inputs() == ["live20"] + [f"b{i}" for i in range(share)]
+
+
+def test_aged_background_alone_with_a_long_max_wait_does_not_spin() -> None:
+    q, clock = make(max_size=16, max_wait_ms=5000, aging=1.0)
+    q.put(ticket(1, clock, tag="live"))
+    q.take()
+    q.put(ticket(4, clock, tag="bg", lane="background"))
+    assert not q.ready(busy_replicas=1)
+    assert q.next_wakeup(busy_replicas=1) == pytest.approx(LIVE_ACTIVE)
+    clock.advance(1.0)  # the background has aged; live still active (just answered)
+    q.live_answered()
+    assert q.live_active() and not q.waiting("live")
+    assert q.ready(busy_replicas=1) and q.next_wakeup(busy_replicas=1) == 0.0
+    assert q.take().inputs() == ["bg0", "bg1"]  # its share
+
+
 def test_drain_covers_both_lanes() -> None:
     q, clock = make()
     live, bg = ticket(1, clock), ticket(2, clock, lane="background")

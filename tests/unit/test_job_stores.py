@@ -151,9 +151,46 @@ def test_purge_removes_expired(store: JobStore, tmp_path: Path) -> None:
         assert store.purge(T0 + 0.5) == 0 and store.get(j.id) is not None
         assert store.purge(T0 + 2) == 1
         assert store.get(j.id) is None
-    else:  # Redis expires the keys itself (by real time); purge tidies the open set
-        store.purge(T0)
-        assert store.lost(T0 + 10**9, 1, 10) == []
+    else:  # Redis expires the records itself; purge forgets ids whose record is gone
+        queued, _ = store.create(job(), [b"{}"])
+        store.r.delete(f"corral:job:{queued.id}")  # as if it had expired
+        assert store.purge(T0) == 1
+        assert store.purge(T0) == 0
+
+
+def test_release_gives_a_job_back_without_counting_the_attempt(store: JobStore) -> None:
+    j, _ = store.create(job(), [b"{}"])
+    store.start(j.id, "a", 10, T0)
+    assert not store.release(j.id, "b")
+    assert store.release(j.id, "a")
+    back = store.get(j.id)
+    assert back is not None and back.status == "queued" and back.attempts == 0
+    again = store.start(j.id, "b", 10, T0 + 1)  # at once, not after the lease
+    assert again is not None and again.attempts == 1
+
+
+def test_start_takes_over_from_a_stale_owner(store: JobStore) -> None:
+    j, _ = store.create(job(), [b"{}"])
+    store.start(j.id, "dead", 10, T0)
+    assert store.start(j.id, "b", 10, T0 + 1) is None
+    taken = store.start(j.id, "b", 10, T0 + 1, frozenset({"dead"}))
+    assert taken is not None and taken.owner == "b"
+
+
+def test_resends_back_off(store: JobStore) -> None:
+    j, _ = store.create(job(at=T0), [b"{}"])
+    assert store.requeue(j.id, T0 + 100, 100)  # first resend after 100 s
+    assert not store.lost(T0 + 250, 100, 10)  # the next after 200 s more
+    assert store.lost(T0 + 300, 100, 10) == [j.id]
+
+
+def test_an_expired_idempotency_key_is_free_again(tmp_path: Path) -> None:
+    s = SQLiteJobStore(tmp_path)
+    old, _ = s.create(job(key="k", at=T0), [b"{}"])
+    s.finish(old.id, "succeeded", [1], None, T0, keep=10)
+    fresh, created = s.create(job(key="k", at=T0 + 11), [b"{}"])
+    assert created and fresh.id != old.id
+    s.close()
 
 
 def test_sqlite_survives_reopening(tmp_path: Path) -> None:
@@ -164,5 +201,7 @@ def test_sqlite_survives_reopening(tmp_path: Path) -> None:
     got = second.get(j.id)
     assert got is not None and got.status == "queued" and second.inputs(j.id) == [b'{"x":1}']
     mode = second._db().execute("PRAGMA journal_mode").fetchone()[0]
+    SQLiteJobStore(tmp_path / "never")
+    assert not (tmp_path / "never").exists()  # nothing is created before first use
     assert mode == "wal"
     second.close()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +15,14 @@ from flask import Flask, Response, g, request
 
 from .. import metrics
 from ..config import Settings
-from ..errors import IdempotencyKeyReused, InvalidInput, JobFinished, JobNotFound
+from ..errors import (
+    CorralError,
+    IdempotencyKeyReused,
+    InvalidInput,
+    JobFinished,
+    JobNotFound,
+    JobStoreUnavailable,
+)
 from ..jobs.records import JobRecord, looks_like_job_id, new_job_id, now
 from ..jobs.service import JobService
 from ..registry.catalog import Catalog
@@ -20,6 +30,8 @@ from ..schema.inputs import parse_json, validate_inputs
 from .body import read_json_body
 from .problems import compact_json, status_line
 from .routes import SECONDS
+
+logger = logging.getLogger(__name__)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -54,6 +66,19 @@ def _json(data: Any, status: int, headers: dict[str, str] | None = None) -> Resp
                     headers=headers)
 
 
+@contextmanager
+def _store() -> Iterator[None]:
+    """A store that fails (Redis down, the SQLite file locked or unwritable) is a 503."""
+    try:
+        yield
+    except CorralError:
+        raise
+    except Exception as exc:
+        logger.warning("job store failed: %s", exc, exc_info=True)
+        raise JobStoreUnavailable("The job store cannot be reached right now; retry "
+                                  "shortly.", retry_after=2) from None
+
+
 class JobRoutes:
     """Handlers bound to one catalog, job service and settings."""
 
@@ -61,7 +86,7 @@ class JobRoutes:
                  max_waiters: int) -> None:
         self.catalog, self.jobs, self.settings = catalog, jobs, settings
         # Long-polls one process holds at once; past that, GET answers at once.
-        self._waiters = threading.BoundedSemaphore(max(1, max_waiters))
+        self._waiters = threading.BoundedSemaphore(max(0, max_waiters))
 
     def register(self, app: Flask) -> None:
         app.add_url_rule("/v1/models/<name>/jobs", "submit_job", self.submit, methods=["POST"])
@@ -86,7 +111,8 @@ class JobRoutes:
                         total=len(inputs), is_batch=is_batch,
                         per_item_errors=spec.per_item_errors, created_at=t, sent_at=t,
                         idempotency_key=key, fingerprint=fingerprint)
-        job, created = self.jobs.submit(job, documents)
+        with _store():
+            job, created = self.jobs.submit(job, documents)
         headers = {"Location": f"{request.script_root}/v1/jobs/{job.id}"}
         if not created:
             if job.fingerprint != fingerprint:
@@ -111,7 +137,8 @@ class JobRoutes:
         return key
 
     def _find(self, job_id: str) -> JobRecord:
-        job = self.jobs.store.get(job_id) if looks_like_job_id(job_id) else None
+        with _store():
+            job = self.jobs.store.get(job_id) if looks_like_job_id(job_id) else None
         if job is None or (job.expires_at is not None and job.expires_at <= now()):
             raise JobNotFound(f"No job {job_id!r}: it never existed, or it finished more than "
                               f"{self.settings.job_ttl:g} s ago and its result was removed.")
@@ -145,8 +172,9 @@ class JobRoutes:
     def cancel(self, job_id: str) -> Response:
         job = self._find(job_id)
         if not job.finished:
-            cancelled = self.jobs.store.finish(job_id, "cancelled", None, None, now(),
-                                               self.settings.job_ttl)
+            with _store():
+                cancelled = self.jobs.store.finish(job_id, "cancelled", None, None, now(),
+                                                   self.settings.job_ttl)
             if cancelled is not None:
                 metrics.JOBS.labels(job.model, "cancelled").inc()
                 return _json(job_document(cancelled), 200)

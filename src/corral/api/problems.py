@@ -7,8 +7,6 @@ with an error id, the traceback logged once here and never sent to the client.
 
 from __future__ import annotations
 
-import json
-from typing import Any
 import logging
 from http import HTTPStatus
 
@@ -17,34 +15,13 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 
 from ..errors import CorralError, InternalError, MethodNotAllowed, NotFound, new_error_id
+from ..schema.problems import at_item as at_item
+from ..schema.problems import compact_json as compact_json
+from ..schema.problems import problem_document as problem_document
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
-
-
-def compact_json(data: Any) -> str:
-    """Every JSON body Corral writes itself, success or problem: one spacing, no NaN."""
-    return json.dumps(data, separators=(",", ":"), allow_nan=False)
-
-
-def problem_document(err: CorralError) -> dict[str, Any]:
-    """The RFC 9457 document of an error."""
-    body = {"type": err.type, "title": err.title, "status": err.status, "detail": err.detail,
-            **err.extra()}
-    if err.errors is not None:
-        body["errors"] = err.errors
-    return body
-
-
-def at_item(err: CorralError, index: int) -> CorralError:
-    """An input's own error, as part of an array request: its index goes first in each
-    ``loc``, in ``item``, and in the detail."""
-    err.detail = f"Item {index}: {err.detail}"
-    err.item = index
-    if err.errors is not None:
-        err.errors = [{**e, "loc": [index, *e.get("loc", [])]} for e in err.errors]
-    return err
 
 
 def problem_response(err: CorralError) -> Response:

@@ -70,6 +70,7 @@ class Ticket:
     deadline: float
     lane: Lane = "live"
     enqueued_at: float = 0.0
+    rank_at: float = 0.0  # when it counts as having arrived, for ranking (background re-ranks)
     # Index of the next input not yet handed out in a batch.
     next_index: int = 0
     queued: bool = False  # in a lane now (so discarding a ticket that is not costs nothing)
@@ -142,7 +143,7 @@ class BatchQueue:
                 f"{self.policy.max_queue}; retry later.",
                 retry_after=1,
             )
-        ticket.enqueued_at = self.clock()
+        ticket.enqueued_at = ticket.rank_at = self.clock()
         ticket.queued = True
         self._lanes[ticket.lane].append(ticket)
         if ticket.lane == "live":
@@ -202,24 +203,25 @@ class BatchQueue:
     def _aged(self) -> bool:
         """Whether the head of the background lane ranks ahead of live traffic now."""
         background = self._lanes["background"]
-        return bool(background) and background[0].enqueued_at + self.aging <= self.clock()
+        return bool(background) and background[0].rank_at + self.aging <= self.clock()
 
     def ready(self, busy_replicas: int, free_replicas: int = 1) -> bool:
         """Whether one of ``free_replicas`` free replicas should take a batch now."""
-        if self._lanes["live"] or self._aged():
+        if self._lanes["live"]:
             if self._waiting["live"] >= self.policy.max_size or busy_replicas == 0:
                 return True
             return self.clock() - self._oldest_due() >= self.policy.max_wait_ms / 1000.0
         if not self._lanes["background"]:
             return False
-        # Background alone: at once, unless it would take the last replica from live traffic.
-        return free_replicas >= 2 or not self.live_active()
+        # Background alone goes at once (nobody waits on it to fill), unless it would take
+        # the last free replica from active live traffic before it has aged.
+        return free_replicas >= 2 or not self.live_active() or self._aged()
 
     def _oldest_due(self) -> float:
         live = self._lanes["live"]
         heads = [live[0].enqueued_at] if live else []
         if self._aged():
-            heads.append(self._lanes["background"][0].enqueued_at)
+            heads.append(self._lanes["background"][0].rank_at)
         return min(heads)
 
     def next_wakeup(self, busy_replicas: int, free_replicas: int = 1) -> float | None:
@@ -240,9 +242,7 @@ class BatchQueue:
             due = self._oldest_due() + self.policy.max_wait_ms / 1000.0
         else:  # background held back: until live traffic goes quiet, or it ages
             due = min(self._last_live + LIVE_ACTIVE,
-                      self._lanes["background"][0].enqueued_at + self.aging)
-        if self._lanes["background"]:
-            due = min(due, self._lanes["background"][0].enqueued_at + self.aging)
+                      self._lanes["background"][0].rank_at + self.aging)
         return max(0.0, min(due, deadline) - now)
 
     def _next_lane(self) -> Lane | None:
@@ -251,8 +251,8 @@ class BatchQueue:
             return "live" if live else None
         if not live:
             return "background"
-        aged = background[0].enqueued_at + self.aging
-        return "background" if aged < live[0].enqueued_at else "live"
+        aged = background[0].rank_at + self.aging
+        return "background" if aged < live[0].rank_at else "live"
 
     def take(self, free_replicas: int = 1) -> Batch:
         """Hand out up to ``max_size`` inputs, by rank. Call when ready() says so, with the
@@ -277,12 +277,10 @@ class BatchQueue:
                 lane = "live"
             ticket = self._lanes[lane][0]
             n = min(room, ticket.remaining)
-            if lane == "background" and active:
+            shared = lane == "background" and active
+            if shared:
                 n = min(n, background_room)
                 background_room -= n
-                # Its share taken, the rest of it ranks as if it had just arrived: one
-                # share per ``aging`` seconds while live traffic is active, not one per batch.
-                ticket.enqueued_at = self.clock()
             has_live = has_live or lane == "live"
             batch.slices.append(Slice(ticket, ticket.next_index, ticket.next_index + n))
             ticket.next_index += n
@@ -291,4 +289,10 @@ class BatchQueue:
             if ticket.remaining == 0:
                 self._lanes[lane].popleft()
                 ticket.queued = False
+            elif shared:
+                # Its share taken, the rest of it ranks as if it had just arrived (one share
+                # per ``aging`` seconds while live traffic is active, not one per batch), at
+                # the back of its lane, which stays in rank order.
+                ticket.rank_at = self.clock()
+                self._lanes[lane].rotate(-1)
         return batch

@@ -119,7 +119,8 @@ def models(app: str, **flags: Any) -> None:
 
 @cli.command(epilog=_settings_help())
 @click.argument("app")
-@click.option("--concurrency", "job_concurrency", type=int, help=_flag_help("job_concurrency"))
+@click.option("--concurrency", "worker_concurrency", type=int,
+              help=_flag_help("worker_concurrency"))
 @click.option("--runtime-dir", help=_flag_help("runtime_dir"))
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               help=_flag_help("log_level"))

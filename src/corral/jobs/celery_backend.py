@@ -2,7 +2,7 @@
 
 HTTP workers store the record, then send the task to ``CORRAL_BROKER_URL``.
 ``corral worker APP`` runs the model tree (dispatcher, replicas) without HTTP, and
-a Celery worker (prefork, ``CORRAL_JOB_CONCURRENCY`` processes) whose tasks feed
+a Celery worker (prefork, ``CORRAL_WORKER_CONCURRENCY`` processes) whose tasks feed
 that local dispatcher: several jobs in flight at once, each in slices, so inputs of
 different jobs batch together. The Celery processes never import the app.
 
@@ -11,8 +11,9 @@ What Corral sets against lost work (docs/jobs.md explains each):
 - late acknowledgement with ``reject_on_worker_lost``: a task whose process dies is
   delivered again;
 - soft and hard time limits above the job's own timeout, so a stuck task ends;
-- retries (bounded) only for the record store being unreachable; a job's transient
-  errors (crashed replica, loading, saturated) are retried inside the runner;
+- retries (bounded) only for the record store being unreachable when the task
+  starts; a job's transient errors (crashed replica, loading, saturated) are retried
+  inside the runner;
 - a sweep in every worker that sends again any job whose runner's lease ran out
   (its worker was killed) or that stayed queued ``CORRAL_JOB_REDELIVER_AFTER``
   seconds (its message lost, as by a Redis without persistence);
@@ -27,12 +28,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -96,7 +99,7 @@ def worker_app(settings: Settings, runtime_dir: str) -> Celery:
     from ..process.runtime import Runtime
     from ..process.title import set_title
     from .backend import open_store, runner_settings
-    from .runner import JobRunner, runner_id
+    from .runner import JobRunner, owner_dead, runner_id
 
     app = make_celery(settings)
     runtime = Runtime(runtime_dir)
@@ -106,22 +109,36 @@ def worker_app(settings: Settings, runtime_dir: str) -> Celery:
         # One per pool process, made after the fork (sockets and store connections).
         pid = os.getpid()
         if pid not in per_process:
-            sizes = {e.key: e.max_size for e in runtime.read_models()}
+            sizes.clear()
+            sizes.update({e.key: e.max_size for e in runtime.read_models()})
             per_process.clear()
             per_process[pid] = JobRunner(open_store(settings), DispatcherEngine(runtime),
-                                         runner_settings(settings, sizes), runner_id())
+                                         runner_settings(settings, sizes), runner_id(),
+                                         passthrough=(SoftTimeLimitExceeded,))
         return per_process[pid]
 
-    import redis
+    sizes: dict[str, int] = {}
 
     @app.task(name=TASK_NAME, bind=True,  # type: ignore[untyped-decorator]
-              autoretry_for=(redis.ConnectionError, OSError),
+              autoretry_for=(redis.ConnectionError, redis.TimeoutError,
+                             sqlite3.OperationalError),
               retry_backoff=True, retry_backoff_max=30, max_retries=5)
     def run_job(self: Any, job_id: str) -> str:
         r = runner()
-        job = r.store.start(job_id, r.owner, settings.job_lease, now())
+        current = r.store.get(job_id)
+        if current is None or current.finished:
+            return "skipped"
+        if current.key not in sizes:
+            # Every worker of a queue should serve the same app; this one cannot run it.
+            # The job stays queued and a sweep sends it again later, for another worker.
+            logger.error("job %s is for model %s, which this worker does not serve; set "
+                         "CORRAL_JOB_QUEUE per app", job_id, current.key)
+            return "not-served"
+        dead = frozenset({current.owner} if current.owner and owner_dead(current.owner)
+                         else ())
+        job = r.store.start(job_id, r.owner, settings.job_lease, now(), dead)
         if job is None:
-            return "skipped"  # finished, gone, or running under a live lease elsewhere
+            return "skipped"  # running under a live lease elsewhere
         try:
             finished = r.run(job)
         except SoftTimeLimitExceeded:
@@ -137,7 +154,7 @@ def worker_app(settings: Settings, runtime_dir: str) -> Celery:
     def start_sweep(**_: Any) -> None:
         set_title("jobs", runtime_dir)
         logger.info("corral worker ready: running jobs from queue %s with %d processes",
-                    settings.job_queue, settings.job_concurrency)
+                    settings.job_queue, settings.worker_concurrency)
         threading.Thread(target=_sweep, args=(settings, app), name="corral-job-sweep",
                          daemon=True).start()
 
@@ -145,7 +162,7 @@ def worker_app(settings: Settings, runtime_dir: str) -> Celery:
 
 
 def _timeout_problem(job_id: str, settings: Settings) -> dict[str, Any]:
-    from ..api.problems import problem_document
+    from ..schema.problems import problem_document
 
     return problem_document(RequestTimeout(
         f"Job {job_id} did not finish within its {settings.job_timeout:g} s."))
@@ -195,7 +212,7 @@ def run_worker(settings: Settings, runtime_dir: str) -> int:
     _wait_for_models(runtime_dir)
     app = worker_app(settings, runtime_dir)
     worker = app.Worker(
-        pool="prefork", concurrency=settings.job_concurrency, queues=[settings.job_queue],
+        pool="prefork", concurrency=settings.worker_concurrency, queues=[settings.job_queue],
         hostname=f"corral@{socket.gethostname()}.{os.getpid()}",
         without_gossip=True, without_mingle=True, without_heartbeat=True,
         loglevel=settings.log_level.upper(), optimization="fair",

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _IDLE_POLL = 1.0  # seconds between looks at the store when nobody wakes the loop
 _PURGE_EVERY = 60.0
+_STOP_GRACE = 8.0  # seconds running jobs get to stop on shutdown (the supervisor waits 10)
 
 
 class Wakeup:
@@ -92,6 +93,7 @@ class EmbeddedLoop:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="corral-job")
         self._running = 0
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._stopped = threading.Event()
         self._next_purge = 0.0
 
@@ -104,8 +106,13 @@ class EmbeddedLoop:
                 logger.exception("jobs loop: could not claim work; retrying")
                 self._stopped.wait(_IDLE_POLL)
             self.wakeup.wait(_IDLE_POLL)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # Jobs stop after their slices in flight and are given back (not a crash).
         self.runner.heartbeat.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + _STOP_GRACE
+        with self._idle:
+            while self._running and time.monotonic() < deadline:
+                self._idle.wait(0.1)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -142,4 +149,6 @@ class EmbeddedLoop:
         finally:
             with self._lock:
                 self._running -= 1
-            self.wakeup.set()  # a slot is free: look for more work now
+                self._idle.notify_all()
+            if not self._stopped.is_set():
+                self.wakeup.set()  # a slot is free: look for more work now

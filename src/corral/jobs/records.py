@@ -25,7 +25,7 @@ import json
 import secrets
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -35,6 +35,20 @@ FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 def new_job_id() -> str:
     """An unguessable id: 128 random bits, URL-safe."""
     return secrets.token_urlsafe(16)
+
+
+def idempotency_scope(job: JobRecord) -> str | None:
+    """An idempotency key is scoped to the model it was used with."""
+    return None if job.idempotency_key is None else f"{job.model}\0{job.idempotency_key}"
+
+
+def pack(documents: list[bytes]) -> str:
+    """JSON documents (inputs or outputs) as one JSON array of their texts, for storing."""
+    return json.dumps([d.decode() for d in documents], separators=(",", ":"))
+
+
+def unpack(text: str | bytes) -> list[bytes]:
+    return [d.encode() for d in json.loads(text)]
 
 
 def looks_like_job_id(text: str) -> bool:
@@ -62,11 +76,11 @@ class JobRecord:
     owner: str | None = None
     lease_until: float | None = None
     result: Any = None  # the predict answer's JSON value, once succeeded
-    error: dict[str, Any] | None = None  # a problem document, once failed or cancelled
+    error: dict[str, Any] | None = None  # a problem document, once failed
     sent_at: float = 0.0  # last handed to a broker (Celery backend)
+    resends: int = 0  # times a sweep sent it again
     idempotency_key: str | None = None
     fingerprint: str = ""  # of the body, to tell a retried submit from a different one
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -83,10 +97,12 @@ class JobRecord:
 
     def lost(self, now: float, redeliver_after: float) -> bool:
         """Whether a broker's message for it may be lost: its runner's lease ran out, or it
-        has stayed queued ``redeliver_after`` seconds since it was last sent."""
+        has stayed queued since it was last sent for ``redeliver_after`` seconds, doubled
+        for each time it was sent again (a long backlog is not flooded with copies)."""
         if self.status == "running":
             return (self.lease_until or 0.0) <= now
-        return self.status == "queued" and self.sent_at + redeliver_after <= now
+        wait = redeliver_after * 2 ** min(self.resends, 16)
+        return self.status == "queued" and self.sent_at + wait <= now
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -117,11 +133,17 @@ class JobStore(ABC):
         """The job's input documents, in order."""
 
     @abstractmethod
-    def start(self, job_id: str, owner: str, lease: float, now: float) -> JobRecord | None:
+    def start(self, job_id: str, owner: str, lease: float, now: float,
+              stale_owners: frozenset[str] = frozenset()) -> JobRecord | None:
         """Lease a runnable job to ``owner`` (queued → running, attempts + 1).
 
         Returns the record, or None if the job is finished, gone, or leased to another
-        runner whose lease has not run out."""
+        runner whose lease has not run out (unless that runner is in ``stale_owners``)."""
+
+    @abstractmethod
+    def release(self, job_id: str, owner: str) -> bool:
+        """Give a running job back (its runner is stopping, not crashing): queued again,
+        this attempt not counted. False if it was not ``owner``'s."""
 
     @abstractmethod
     def claim(self, owner: str, lease: float, limit: int, now: float, models: frozenset[str],

@@ -15,25 +15,15 @@ start one job and the first result wins. Durability is Redis's: run it with
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
-from .records import FINISHED, JobRecord, JobStore, Status
-from .sqlite import idempotency_scope
+from .records import FINISHED, JobRecord, JobStore, Status, idempotency_scope, pack, unpack
 
 _P = "corral:"
-
-
-def _pack(documents: list[bytes]) -> str:
-    return json.dumps([d.decode() for d in documents], separators=(",", ":"))
-
-
-def _unpack(text: bytes | str) -> list[bytes]:
-    return [d.encode() for d in json.loads(text)]
 
 
 class RedisJobStore(JobStore):
@@ -97,7 +87,7 @@ class RedisJobStore(JobStore):
                 self.r.set(idem, job.id)  # its maker died before storing the job
         with self.r.pipeline() as pipe:
             pipe.set(self._key(job.id), job.to_json())
-            pipe.set(f"{self._key(job.id)}:in", _pack(inputs))
+            pipe.set(f"{self._key(job.id)}:in", pack(inputs))
             pipe.zadd(f"{_P}open", {job.id: job.created_at})
             pipe.execute()
         return job, True
@@ -108,7 +98,7 @@ class RedisJobStore(JobStore):
 
     def inputs(self, job_id: str) -> list[bytes]:
         raw = self.r.get(f"{self._key(job_id)}:in")
-        return [] if raw is None else _unpack(raw)
+        return [] if raw is None else unpack(raw)
 
     def start(self, job_id: str, owner: str, lease: float, now: float,
               stale_owners: frozenset[str] = frozenset()) -> JobRecord | None:
@@ -122,6 +112,16 @@ class RedisJobStore(JobStore):
             return True
 
         return self._update(job_id, change)
+
+    def release(self, job_id: str, owner: str) -> bool:
+        def change(job: JobRecord) -> bool:
+            if job.status != "running" or job.owner != owner:
+                return False
+            job.status, job.owner, job.lease_until = "queued", None, None
+            job.attempts = max(0, job.attempts - 1)
+            return True
+
+        return self._update(job_id, change) is not None
 
     def claim(self, owner: str, lease: float, limit: int, now: float, models: frozenset[str],
               stale_owners: frozenset[str] = frozenset()) -> list[JobRecord]:
@@ -158,7 +158,7 @@ class RedisJobStore(JobStore):
             return True
 
         def after(pipe: Any, job: JobRecord) -> None:
-            pipe.hset(out_key, str(start), _pack(outputs))
+            pipe.hset(out_key, str(start), pack(outputs))
 
         job = self._update(job_id, change, after)
         if job is None:
@@ -168,7 +168,7 @@ class RedisJobStore(JobStore):
 
     def outputs(self, job_id: str) -> dict[int, list[bytes]]:
         raw = self.r.hgetall(f"{self._key(job_id)}:out")
-        return {int(k): _unpack(v) for k, v in raw.items()}
+        return {int(k): unpack(v) for k, v in raw.items()}
 
     def finish(self, job_id: str, status: Status, result: Any, error: dict[str, Any] | None,
                now: float, keep: float) -> JobRecord | None:
@@ -210,6 +210,8 @@ class RedisJobStore(JobStore):
         def change(job: JobRecord) -> bool:
             if not job.lost(now, redeliver_after):
                 return False
+            if job.status == "queued":
+                job.resends += 1
             job.status, job.owner, job.lease_until, job.sent_at = "queued", None, None, now
             return True
 

@@ -2,8 +2,9 @@
 
 The inputs go to the model's dispatcher in slices of the model's ``max_size`` on
 the ``background`` lane: below live requests, not counted against ``max_queue``,
-aged so they never starve, and batched together with live traffic when both wait.
-A few slices are in flight at once, so the replicas never idle between them. Each
+in capacity live traffic leaves idle, aged so they never starve (the lane's rules
+are in :mod:`corral.batching.queue`). Two slices are in flight at once, so a replica
+never idles between them. Each
 slice's outputs are saved as they come, so a job taken over after a crash resumes
 where it stopped; progress is the count of saved outputs.
 
@@ -14,11 +15,13 @@ a bounded number of times for a crash (the input may be the cause).
 
 A :class:`Heartbeat` thread renews the leases of the jobs a process runs; when a
 renewal fails (the job was cancelled, or another runner took it over after this one
-stalled) the job stops after the slices in flight.
+stalled) the job stops after the slices in flight. A runner that is told to stop
+(the server shuts down) gives its jobs back, so a deploy does not count as a crash.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import metrics
-from ..api.problems import at_item, compact_json, problem_document
+from ..schema.problems import at_item, compact_json, problem_document
 from ..engine import Engine, Handle, Input
 from ..errors import (
     CorralError,
@@ -100,6 +103,7 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self.stopping = False  # the process is shutting down: jobs stop and are given back
 
     def add(self, job: JobRecord) -> threading.Event:
         """Watch a job; the event is set when it should stop."""
@@ -117,7 +121,12 @@ class Heartbeat:
             self._active.pop(job_id, None)
 
     def stop(self) -> None:
+        """Stop renewing, and tell every job to stop after its slices in flight."""
+        self.stopping = True
         self._stopped.set()
+        with self._lock:
+            for active in self._active.values():
+                active.stop.set()
 
     def _run(self) -> None:
         while not self._stopped.wait(self.lease / 3):
@@ -137,8 +146,11 @@ class JobRunner:
     """Runs leased jobs through an engine and records the outcome."""
 
     def __init__(self, store: JobStore, engine: Engine, settings: RunnerSettings,
-                 owner: str) -> None:
+                 owner: str, passthrough: tuple[type[BaseException], ...] = ()) -> None:
+        """``passthrough``: exceptions that end a job's run from outside (Celery's soft
+        time limit) and must reach the caller rather than be logged as a runner bug."""
         self.store, self.engine, self.settings, self.owner = store, engine, settings, owner
+        self.passthrough = passthrough
         self.heartbeat = Heartbeat(store, owner, settings.lease)
 
     def run(self, job: JobRecord) -> JobRecord | None:
@@ -150,16 +162,27 @@ class JobRunner:
                 f"Job {job.id} was started {job.attempts - 1} times and its runner died each "
                 "time; it is not tried again."))
         stop = self.heartbeat.add(job)
+        finished: JobRecord | None = None
         try:
-            return self._run(job, stop)
+            finished = self._run(job, stop)
+            return finished
         except CorralError as exc:
-            return self._fail(job, exc)
+            finished = self._fail(job, exc)
+            return finished
+        except self.passthrough:
+            raise
         except Exception as exc:  # a bug, or the store failed: the lease runs out, retried
             logger.error("job %s: runner failed; it runs again when its lease expires",
                          job.id, exc_info=exc)
             return None
         finally:
             self.heartbeat.remove(job.id)
+            if finished is None and self.heartbeat.stopping:
+                try:
+                    if self.store.release(job.id, self.owner):
+                        logger.info("job %s: given back for the next start", job.id)
+                except Exception:  # the lease runs out instead
+                    logger.warning("could not give job %s back", job.id, exc_info=True)
 
     def _run(self, job: JobRecord, stop: threading.Event) -> JobRecord | None:
         s = self.settings
@@ -240,12 +263,18 @@ class JobRunner:
         return self.store.save_outputs(job.id, start, documents) is not None
 
     def _succeed(self, job: JobRecord) -> JobRecord | None:
-        import json
-
-        outputs: list[bytes] = []
-        for _, outs in sorted(self.store.outputs(job.id).items()):
-            outputs.extend(outs)
-        values: list[Any] = json.loads(b"[" + b",".join(outputs) + b"]")
+        slots: list[bytes | None] = [None] * job.total
+        for start, outs in self.store.outputs(job.id).items():
+            slots[start:start + len(outs)] = outs
+        if len(slots) != job.total or any(s is None for s in slots):
+            # Cancelled meanwhile (its outputs are gone), or the slices do not add up: never
+            # a wrong result. A cancel is already recorded; anything else runs again.
+            current = self.store.get(job.id)
+            if current is None or current.finished:
+                return None
+            raise RuntimeError(f"job {job.id}: saved outputs do not cover its {job.total} "
+                               "inputs")
+        values: list[Any] = json.loads(b"[" + b",".join(s for s in slots if s) + b"]")
         result = values if job.is_batch else values[0]
         return self._counted(self.store.finish(job.id, "succeeded", result, None, now(),
                                                self.settings.keep))

@@ -95,7 +95,12 @@ class JobService:
         if self._start_runner is None or self._checked_pid == os.getpid():
             return
         self._checked_pid = os.getpid()
-        if self.store.lost(time.time(), 0.0, limit=1):  # jobs queued, or left by a crash
+        try:
+            waiting = bool(self.store.lost(time.time(), 0.0, limit=1))  # queued, or left
+        except Exception:  # the store is unreachable: serve anyway; the next submit starts it
+            logger.warning("could not look for waiting jobs", exc_info=True)
+            return
+        if waiting:
             self._ensure_runner()
 
     def _ensure_runner(self) -> None:

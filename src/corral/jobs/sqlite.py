@@ -4,13 +4,13 @@ The file (``jobs.sqlite3`` in ``CORRAL_DATA_DIR``) is opened in WAL mode with
 ``synchronous=FULL``: a job is committed to disk before its 202 is sent, so neither
 a kill -9 nor a power cut loses it. Every change runs in a ``BEGIN IMMEDIATE``
 transaction, so several processes (HTTP workers, the jobs runner, a second
-instance sharing the directory) can use one file safely. Each thread and each
-process opens its own connection.
+instance sharing the directory) can use one file safely. Each process opens one
+connection, on first use (a server that never sees a job never creates the file),
+and its threads (or greenlets) take turns on it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .records import FINISHED, JobRecord, JobStore, Status
+from .records import FINISHED, JobRecord, JobStore, Status, idempotency_scope, pack, unpack
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -45,48 +45,42 @@ CREATE TABLE IF NOT EXISTS job_outputs (
 FILE_NAME = "jobs.sqlite3"
 
 
-def _pack(documents: list[bytes]) -> str:
-    return json.dumps([d.decode() for d in documents], separators=(",", ":"))
-
-
-def _unpack(text: str) -> list[bytes]:
-    return [d.encode() for d in json.loads(text)]
-
-
-def idempotency_scope(job: JobRecord) -> str | None:
-    """A key is scoped to the model it was used with."""
-    return None if job.idempotency_key is None else f"{job.model}\0{job.idempotency_key}"
-
-
 class SQLiteJobStore(JobStore):
     """Job records in ``DATA_DIR/jobs.sqlite3``."""
 
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.path = Path(data_dir) / FILE_NAME
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._db().executescript(_SCHEMA)  # one transaction of its own
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid: int | None = None
 
     def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None or getattr(self._local, "pid", None) != os.getpid():
+        if self._conn is None or self._pid != os.getpid():  # first use, or a forked child
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
                                  check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            self._local.db, self._local.pid = db, os.getpid()
-        return db
+            db.executescript(_SCHEMA)  # one transaction of its own
+            self._conn, self._pid = db, os.getpid()
+        return self._conn
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._db()
 
     @staticmethod
     def _row(job: JobRecord) -> tuple[Any, ...]:
@@ -107,21 +101,26 @@ class SQLiteJobStore(JobStore):
             if scope is not None:
                 row = db.execute("SELECT record FROM jobs WHERE idem=?", (scope,)).fetchone()
                 if row is not None:
-                    return JobRecord.from_json(row[0]), False
+                    found = JobRecord.from_json(row[0])
+                    if found.expires_at is None or found.expires_at > job.created_at:
+                        return found, False
+                    self._delete(db, found.id)  # expired, not yet purged: the key is free
             db.execute("INSERT INTO jobs (status, lease_until, owner, expires_at, record, id, "
                        "created_at, idem) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (*self._row(job), job.created_at, scope))
             db.execute("INSERT INTO job_inputs (job_id, inputs) VALUES (?, ?)",
-                       (job.id, _pack(inputs)))
+                       (job.id, pack(inputs)))
         return job, True
 
     def get(self, job_id: str) -> JobRecord | None:
-        return self._load(self._db(), job_id)
+        with self._read() as db:
+            return self._load(db, job_id)
 
     def inputs(self, job_id: str) -> list[bytes]:
-        row = self._db().execute("SELECT inputs FROM job_inputs WHERE job_id=?",
-                                 (job_id,)).fetchone()
-        return [] if row is None else _unpack(row[0])
+        with self._read() as db:
+            row = db.execute("SELECT inputs FROM job_inputs WHERE job_id=?",
+                             (job_id,)).fetchone()
+        return [] if row is None else unpack(row[0])
 
     @staticmethod
     def _lease(job: JobRecord, owner: str, lease: float, now: float) -> JobRecord:
@@ -131,13 +130,25 @@ class SQLiteJobStore(JobStore):
         job.owner, job.lease_until = owner, now + lease
         return job
 
-    def start(self, job_id: str, owner: str, lease: float, now: float) -> JobRecord | None:
+    def start(self, job_id: str, owner: str, lease: float, now: float,
+              stale_owners: frozenset[str] = frozenset()) -> JobRecord | None:
         with self._tx() as db:
             job = self._load(db, job_id)
-            if job is None or not job.runnable(now):
+            if job is None or not (job.runnable(now) or (
+                    job.status == "running" and job.owner in stale_owners)):
                 return None
             self._put(db, self._lease(job, owner, lease, now))
             return job
+
+    def release(self, job_id: str, owner: str) -> bool:
+        with self._tx() as db:
+            job = self._load(db, job_id)
+            if job is None or job.status != "running" or job.owner != owner:
+                return False
+            job.status, job.owner, job.lease_until = "queued", None, None
+            job.attempts = max(0, job.attempts - 1)
+            self._put(db, job)
+            return True
 
     def claim(self, owner: str, lease: float, limit: int, now: float, models: frozenset[str],
               stale_owners: frozenset[str] = frozenset()) -> list[JobRecord]:
@@ -175,15 +186,16 @@ class SQLiteJobStore(JobStore):
                               (job_id, start)).fetchone()
             if seen is None:  # a slice computed twice (a runner took over) counts once
                 db.execute("INSERT INTO job_outputs (job_id, start, outputs) VALUES (?, ?, ?)",
-                           (job_id, start, _pack(outputs)))
+                           (job_id, start, pack(outputs)))
                 job.done += len(outputs)
                 self._put(db, job)
             return job.done
 
     def outputs(self, job_id: str) -> dict[int, list[bytes]]:
-        rows = self._db().execute("SELECT start, outputs FROM job_outputs WHERE job_id=?",
-                                  (job_id,)).fetchall()
-        return {start: _unpack(text) for start, text in rows}
+        with self._read() as db:
+            rows = db.execute("SELECT start, outputs FROM job_outputs WHERE job_id=?",
+                              (job_id,)).fetchall()
+        return {start: unpack(text) for start, text in rows}
 
     def finish(self, job_id: str, status: Status, result: Any, error: dict[str, Any] | None,
                now: float, keep: float) -> JobRecord | None:
@@ -204,14 +216,14 @@ class SQLiteJobStore(JobStore):
             return job
 
     def running_owners(self) -> set[str]:
-        rows = self._db().execute(
-            "SELECT DISTINCT owner FROM jobs WHERE status='running'").fetchall()
+        with self._read() as db:
+            rows = db.execute("SELECT DISTINCT owner FROM jobs WHERE status='running'").fetchall()
         return {r[0] for r in rows if r[0]}
 
     def lost(self, now: float, redeliver_after: float, limit: int) -> list[str]:
-        rows = self._db().execute(
-            "SELECT record FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at"
-        ).fetchall()
+        with self._read() as db:
+            rows = db.execute("SELECT record FROM jobs WHERE status IN ('queued', 'running') "
+                              "ORDER BY created_at").fetchall()
         jobs = (JobRecord.from_json(r[0]) for r in rows)
         return [job.id for job in jobs if job.lost(now, redeliver_after)][:limit]
 
@@ -220,6 +232,8 @@ class SQLiteJobStore(JobStore):
             job = self._load(db, job_id)
             if job is None or not job.lost(now, redeliver_after):
                 return False
+            if job.status == "queued":
+                job.resends += 1
             job.status, job.owner, job.lease_until, job.sent_at = "queued", None, None, now
             self._put(db, job)
             return True
@@ -230,13 +244,17 @@ class SQLiteJobStore(JobStore):
                 "SELECT id FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= ?",
                 (now,)).fetchall()]
             for job_id in ids:
-                db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
-                db.execute("DELETE FROM job_inputs WHERE job_id=?", (job_id,))
-                db.execute("DELETE FROM job_outputs WHERE job_id=?", (job_id,))
+                self._delete(db, job_id)
             return len(ids)
 
+    @staticmethod
+    def _delete(db: sqlite3.Connection, job_id: str) -> None:
+        db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+        db.execute("DELETE FROM job_inputs WHERE job_id=?", (job_id,))
+        db.execute("DELETE FROM job_outputs WHERE job_id=?", (job_id,))
+
     def close(self) -> None:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is not None and getattr(self._local, "pid", None) == os.getpid():
-            db.close()
-        self._local = threading.local()
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None

@@ -70,6 +70,7 @@ class _RemoteHandle(Handle):
                 "it is being restarted."
             ) from None
         if msg is None:
+            self.channel.forget(self.rid)
             raise RequestTimeout(f"Model {self.key} gave no result in time.")
         if isinstance(msg, Failure):
             raise error_from_dict(msg.error)
@@ -79,6 +80,7 @@ class _RemoteHandle(Handle):
         return outputs_of(msg)
 
     def cancel(self) -> None:
+        self.channel.forget(self.rid)
         try:
             self.channel.notify(encode(Cancel(id=self.rid)))
         except SendFailed:

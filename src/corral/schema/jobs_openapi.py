@@ -37,6 +37,8 @@ def add_jobs(document: dict[str, Any], catalog: Catalog, settings: Settings,
         "schema": {"type": "string", "minLength": 1, "maxLength": 255,
                    "pattern": "^[\\x21-\\x7e]+$"},
     }
+    store_down = _problem(503, only=("The job store cannot be reached now (Retry-After).",
+                                     ["job-store-unavailable"]))
     for name in catalog.names():
         default = catalog.default_version(name)
         for spec in catalog.versions(name):
@@ -50,15 +52,16 @@ def add_jobs(document: dict[str, Any], catalog: Catalog, settings: Settings,
                 "The Idempotency-Key names a job made with another model or body.",
                 ["idempotency-key-reused"]))
             responses["500"] = _problem(500, only=(
-                "The server failed (the job store is unreachable); `error_id` finds the "
-                "traceback in the server log.", ["internal-error"]))
+                "The server failed; `error_id` finds the traceback in the server log.",
+                ["internal-error"]))
+            responses["503"] = store_down
             op: dict[str, Any] = {
                 "tags": ["jobs", spec.name],
                 "description": (
                     f"Submit the same body as predict: one input, or an array of up to "
                     f"{settings.job_max_items} inputs, validated before anything is queued. "
-                    "The job runs below live requests, in batches with them, and survives "
-                    "restarts. GET the `Location` (with `?wait=` seconds to long-poll) for its "
+                    "The job runs in capacity live requests leave idle, in batches, and "
+                    "survives restarts. GET the `Location` (with `?wait=` seconds to long-poll) for its "
                     f"status, progress and result; results are kept {settings.job_ttl:g} s."),
                 "parameters": [idempotency],
                 "requestBody": body,
@@ -88,7 +91,8 @@ def add_jobs(document: dict[str, Any], catalog: Catalog, settings: Settings,
             "responses": {
                 "200": _json("The job.", job_ref), "404": not_found,
                 "422": _problem(422, only=("`wait` is not a number of seconds in range.",
-                                           ["validation-error"]))},
+                                           ["validation-error"])),
+                "503": store_down},
         },
         "delete": {
             "summary": "Cancel a job", "tags": ["jobs"], "operationId": "cancel_job",
@@ -98,6 +102,7 @@ def add_jobs(document: dict[str, Any], catalog: Catalog, settings: Settings,
             "responses": {
                 "200": _json("The cancelled job.", job_ref), "404": not_found,
                 "409": _problem(409, only=("The job has already finished.",
-                                           ["job-finished"]))},
+                                           ["job-finished"])),
+                "503": store_down},
         },
     }

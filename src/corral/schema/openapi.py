@@ -238,6 +238,8 @@ _EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
     "model-unloaded": ("Model unloaded", {"detail": "Model iris:1 is unloaded; an administrator "
                        "can load it."}),
     "timeout": ("Request timed out", {"detail": "Model iris:1 gave no result in time."}),
+    "job-store-unavailable": ("Job store unavailable", {"detail": "The job store cannot be "
+                              "reached right now; retry shortly.", "retry_after": 2}),
     "job-not-found": ("Job not found", {"detail": "No job 'kq3X...': it never existed, or it "
                       "finished more than 86400 s ago and its result was removed."}),
     "job-finished": ("Job already finished", {"detail": "Job kq3X... has already succeeded; "

@@ -121,7 +121,12 @@ def _dealer(ctx: Any, address: str) -> Any:
 
 
 class ThreadChannel:
-    """One thread's socket to one dispatcher."""
+    """One thread's socket to one dispatcher.
+
+    A thread may have several requests in flight (a job runner keeps two slices going);
+    answers come in whatever order their batches finish, so an answer to another open
+    request is kept until its own wait asks for it.
+    """
 
     def __init__(self, ctx: zmq.Context[Any], address: str, watch: DispatcherWatch) -> None:
         self.sock = _dealer(ctx, address)
@@ -129,9 +134,17 @@ class ThreadChannel:
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self._pidfd: int | None = None
+        self._open: set[int] = set()  # sent, not yet answered or given up
+        self._early: dict[int, Message | DispatcherGone] = {}
 
     def send(self, frames: list[bytes], rid: int) -> None:
         _send(self.sock, frames)
+        self._open.add(rid)
+
+    def forget(self, rid: int) -> None:
+        """Nobody will wait for ``rid`` any more: drop its answer if it comes."""
+        self._open.discard(rid)
+        self._early.pop(rid, None)
 
     def notify(self, frames: list[bytes]) -> None:
         """Send a message that gets no answer."""
@@ -143,6 +156,12 @@ class ThreadChannel:
 
         Raises DispatcherGone if the dispatcher exits, ClientGone if ``client`` closes.
         """
+        early = self._early.pop(rid, None)
+        if early is not None:
+            self._open.discard(rid)
+            if isinstance(early, DispatcherGone):
+                raise early
+            return early
         deadline = time.monotonic() + timeout
         poller = self.poller
         fd = self.watch.current()
@@ -179,10 +198,17 @@ class ThreadChannel:
                         msg = decode(frames)
                     except ProtocolError:
                         continue
-                    if getattr(msg, "id", None) == rid:
+                    got = getattr(msg, "id", None)
+                    if got == rid:
+                        self._open.discard(rid)
                         return msg
+                    if got in self._open:
+                        self._early[got] = msg
             elif fd is not None and fd in events:
                 self.watch.exited(fd)
+                for other in self._open - {rid}:  # their answers will never come either
+                    self._early[other] = DispatcherGone()
+                self._open.clear()
                 raise DispatcherGone()
             elif client_fd >= 0 and client_fd in events:
                 assert client is not None
@@ -216,6 +242,10 @@ class GreenChannel:
     def notify(self, frames: list[bytes]) -> None:
         """Send a message that gets no answer (nothing is left waiting for one)."""
         _send(self.sock, frames)
+
+    def forget(self, rid: int) -> None:
+        """Nobody will wait for ``rid`` any more."""
+        self.pending.pop(rid, None)
 
     def wait(self, rid: int, timeout: float,
              client: socket.socket | None = None) -> Message | None:
