@@ -261,3 +261,36 @@ def test_execute_with_the_example_predicts_setosa(docs: DocsPage) -> None:
 
     assert docs.off_host_requests() == []
     assert docs.errors == [], docs.errors
+
+
+def test_a_job_submitted_and_read_back_from_the_page(docs: DocsPage) -> None:
+    page = docs.page
+    section = page.locator("#operations-tag-jobs")
+    expect(section).to_be_visible(timeout=TIMEOUT_MS)
+    for operation_id in ("submit_job_iris", "submit_job_iris_v1", "get_job", "cancel_job"):
+        expect(page.locator(f"#operations-jobs-{operation_id}")).to_be_visible()
+
+    submit = docs.operation("jobs", "submit_job_iris")
+    docs.try_it_out(submit)
+    response = docs.execute(submit, "/v1/models/iris/jobs")
+    assert json.loads(response.request.post_data) == IRIS_EXAMPLE
+    assert response.status == 202
+    status, job = shown_response(submit)
+    assert status == "202" and job["status"] in ("queued", "running", "succeeded")
+    expect(submit.locator(".live-responses-table")).to_contain_text("location")
+
+    get = docs.operation("jobs", "get_job")
+    docs.try_it_out(get)
+    get.locator("tr[data-param-name='id'] input").fill(job["id"])
+    get.locator("tr[data-param-name='wait'] input").fill("10")
+    url = f"{docs.server.url}/v1/jobs/{job['id']}?wait=10"
+    with page.expect_response(lambda r: r.url == url, timeout=TIMEOUT_MS) as info:
+        get.locator("button.execute").click()
+    assert info.value.status == 200
+    expect(get.locator(".live-responses-table .response-col_status")).to_have_text(
+        "200", timeout=TIMEOUT_MS)
+    status, done = shown_response(get)
+    assert done["status"] == "succeeded" and done["result"]["species"] == "setosa"
+
+    assert docs.off_host_requests() == []
+    assert docs.errors == [], docs.errors
