@@ -287,7 +287,7 @@ def test_a_job_submitted_and_read_back_from_the_page(docs: DocsPage) -> None:
     with page.expect_response(lambda r: r.url == url, timeout=TIMEOUT_MS) as info:
         get.locator("button.execute").click()
     assert info.value.status == 200
-    expect(get.locator(".live-responses-table .response-col_status")).to_have_text(
+    expect(get.locator(".live-responses-table tr.response .response-col_status")).to_have_text(
         "200", timeout=TIMEOUT_MS)
     status, done = shown_response(get)
     assert done["status"] == "succeeded" and done["result"]["species"] == "setosa"
