@@ -104,6 +104,55 @@ class JobRecord:
         wait = redeliver_after * 2 ** min(self.resends, 16)
         return self.status == "queued" and self.sent_at + wait <= now
 
+    # -- transitions: each returns whether it applied, and stores save the record if so --
+
+    def take(self, owner: str, lease: float, now: float,
+             stale_owners: frozenset[str] = frozenset()) -> bool:
+        """Lease to ``owner`` if runnable (or held by a known-dead owner): running."""
+        if not (self.runnable(now) or (self.status == "running"
+                                       and self.owner in stale_owners)):
+            return False
+        self.status = "running"
+        self.started_at = self.started_at or now
+        self.attempts += 1
+        self.owner, self.lease_until = owner, now + lease
+        return True
+
+    def renew(self, owner: str, lease: float, now: float) -> bool:
+        if self.status != "running" or self.owner != owner:
+            return False
+        self.lease_until = now + lease
+        return True
+
+    def give_back(self, owner: str) -> bool:
+        """Queued again, this attempt not counted (its runner is stopping cleanly)."""
+        if self.status != "running" or self.owner != owner:
+            return False
+        self.status, self.owner, self.lease_until = "queued", None, None
+        self.attempts = max(0, self.attempts - 1)
+        return True
+
+    def resend(self, now: float, redeliver_after: float) -> bool:
+        """Queued and sent now, if still :meth:`lost`."""
+        if not self.lost(now, redeliver_after):
+            return False
+        if self.status == "queued":
+            self.resends += 1
+        self.status, self.owner, self.lease_until, self.sent_at = "queued", None, None, now
+        return True
+
+    def end(self, status: Status, result: Any, error: dict[str, Any] | None, now: float,
+            keep: float) -> bool:
+        """Finish (first result wins); the record expires ``keep`` seconds later."""
+        if self.finished:
+            return False
+        self.status, self.result, self.error = status, result, error
+        self.finished_at, self.expires_at = now, now + keep
+        self.owner = self.lease_until = None
+        if status == "succeeded":
+            self.done = self.total
+        return True
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 

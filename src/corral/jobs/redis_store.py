@@ -102,26 +102,10 @@ class RedisJobStore(JobStore):
 
     def start(self, job_id: str, owner: str, lease: float, now: float,
               stale_owners: frozenset[str] = frozenset()) -> JobRecord | None:
-        def change(job: JobRecord) -> bool:
-            if not (job.runnable(now) or (job.status == "running" and job.owner in stale_owners)):
-                return False
-            job.status = "running"
-            job.started_at = job.started_at or now
-            job.attempts += 1
-            job.owner, job.lease_until = owner, now + lease
-            return True
-
-        return self._update(job_id, change)
+        return self._update(job_id, lambda job: job.take(owner, lease, now, stale_owners))
 
     def release(self, job_id: str, owner: str) -> bool:
-        def change(job: JobRecord) -> bool:
-            if job.status != "running" or job.owner != owner:
-                return False
-            job.status, job.owner, job.lease_until = "queued", None, None
-            job.attempts = max(0, job.attempts - 1)
-            return True
-
-        return self._update(job_id, change) is not None
+        return self._update(job_id, lambda job: job.give_back(owner)) is not None
 
     def claim(self, owner: str, lease: float, limit: int, now: float, models: frozenset[str],
               stale_owners: frozenset[str] = frozenset()) -> list[JobRecord]:
@@ -137,13 +121,7 @@ class RedisJobStore(JobStore):
         return jobs
 
     def renew(self, job_id: str, owner: str, lease: float, now: float) -> bool:
-        def change(job: JobRecord) -> bool:
-            if job.status != "running" or job.owner != owner:
-                return False
-            job.lease_until = now + lease
-            return True
-
-        return self._update(job_id, change) is not None
+        return self._update(job_id, lambda job: job.renew(owner, lease, now)) is not None
 
     def save_outputs(self, job_id: str, start: int, outputs: list[bytes]) -> int | None:
         out_key = f"{self._key(job_id)}:out"
@@ -174,16 +152,6 @@ class RedisJobStore(JobStore):
                now: float, keep: float) -> JobRecord | None:
         assert status in FINISHED
 
-        def change(job: JobRecord) -> bool:
-            if job.finished:
-                return False
-            job.status, job.result, job.error = status, result, error
-            job.finished_at, job.expires_at = now, now + keep
-            job.owner = job.lease_until = None
-            if status == "succeeded":
-                job.done = job.total
-            return True
-
         def after(pipe: Any, job: JobRecord) -> None:
             pipe.delete(f"{self._key(job_id)}:in", f"{self._key(job_id)}:out")
             pipe.zrem(f"{_P}open", job_id)
@@ -191,7 +159,8 @@ class RedisJobStore(JobStore):
             if scope is not None:
                 pipe.expire(f"{_P}idem:{scope}", max(1, int(keep) + 1))
 
-        return self._update(job_id, change, after)
+        return self._update(job_id, lambda job: job.end(status, result, error, now, keep),
+                            after)
 
     def _open_jobs(self) -> list[JobRecord]:
         ids: list[str] = self.r.zrange(f"{_P}open", 0, -1)
@@ -207,15 +176,7 @@ class RedisJobStore(JobStore):
         return [j.id for j in self._open_jobs() if j.lost(now, redeliver_after)][:limit]
 
     def requeue(self, job_id: str, now: float, redeliver_after: float) -> bool:
-        def change(job: JobRecord) -> bool:
-            if not job.lost(now, redeliver_after):
-                return False
-            if job.status == "queued":
-                job.resends += 1
-            job.status, job.owner, job.lease_until, job.sent_at = "queued", None, None, now
-            return True
-
-        return self._update(job_id, change) is not None
+        return self._update(job_id, lambda job: job.resend(now, redeliver_after)) is not None
 
     def purge(self, now: float) -> int:
         # Records expire by themselves; only ids of jobs that vanished stay in "open".

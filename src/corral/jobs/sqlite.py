@@ -122,31 +122,20 @@ class SQLiteJobStore(JobStore):
                              (job_id,)).fetchone()
         return [] if row is None else unpack(row[0])
 
-    @staticmethod
-    def _lease(job: JobRecord, owner: str, lease: float, now: float) -> JobRecord:
-        job.status = "running"
-        job.started_at = job.started_at or now
-        job.attempts += 1
-        job.owner, job.lease_until = owner, now + lease
-        return job
-
     def start(self, job_id: str, owner: str, lease: float, now: float,
               stale_owners: frozenset[str] = frozenset()) -> JobRecord | None:
         with self._tx() as db:
             job = self._load(db, job_id)
-            if job is None or not (job.runnable(now) or (
-                    job.status == "running" and job.owner in stale_owners)):
+            if job is None or not job.take(owner, lease, now, stale_owners):
                 return None
-            self._put(db, self._lease(job, owner, lease, now))
+            self._put(db, job)
             return job
 
     def release(self, job_id: str, owner: str) -> bool:
         with self._tx() as db:
             job = self._load(db, job_id)
-            if job is None or job.status != "running" or job.owner != owner:
+            if job is None or not job.give_back(owner):
                 return False
-            job.status, job.owner, job.lease_until = "queued", None, None
-            job.attempts = max(0, job.attempts - 1)
             self._put(db, job)
             return True
 
@@ -163,17 +152,17 @@ class SQLiteJobStore(JobStore):
                 f"'$.model') || ':' || json_extract(record, '$.version') IN ({key_marks}) "
                 "ORDER BY created_at LIMIT ?",
                 (now, *stale, *keys, limit)).fetchall()
-            jobs = [self._lease(JobRecord.from_json(r[0]), owner, lease, now) for r in rows]
+            jobs = [JobRecord.from_json(r[0]) for r in rows]
             for job in jobs:
+                job.take(owner, lease, now, stale_owners)
                 self._put(db, job)
             return jobs
 
     def renew(self, job_id: str, owner: str, lease: float, now: float) -> bool:
         with self._tx() as db:
             job = self._load(db, job_id)
-            if job is None or job.status != "running" or job.owner != owner:
+            if job is None or not job.renew(owner, lease, now):
                 return False
-            job.lease_until = now + lease
             self._put(db, job)
             return True
 
@@ -202,13 +191,8 @@ class SQLiteJobStore(JobStore):
         assert status in FINISHED
         with self._tx() as db:
             job = self._load(db, job_id)
-            if job is None or job.finished:
+            if job is None or not job.end(status, result, error, now, keep):
                 return None
-            job.status, job.result, job.error = status, result, error
-            job.finished_at, job.expires_at = now, now + keep
-            job.owner = job.lease_until = None
-            if status == "succeeded":
-                job.done = job.total
             self._put(db, job)
             # Inputs and partial outputs are no longer needed: the record holds the result.
             db.execute("DELETE FROM job_inputs WHERE job_id=?", (job_id,))
@@ -230,11 +214,8 @@ class SQLiteJobStore(JobStore):
     def requeue(self, job_id: str, now: float, redeliver_after: float) -> bool:
         with self._tx() as db:
             job = self._load(db, job_id)
-            if job is None or not job.lost(now, redeliver_after):
+            if job is None or not job.resend(now, redeliver_after):
                 return False
-            if job.status == "queued":
-                job.resends += 1
-            job.status, job.owner, job.lease_until, job.sent_at = "queued", None, None, now
             self._put(db, job)
             return True
 
