@@ -184,6 +184,19 @@ def test_resends_back_off(store: JobStore) -> None:
     assert store.lost(T0 + 300, 100, 10) == [j.id]
 
 
+def test_redis_removes_a_finished_job_when_it_expires(redis_url: str) -> None:
+    import time
+
+    s = RedisJobStore(redis_url.rsplit("/", 1)[0] + f"/{next(_DB)}")
+    j, _ = s.create(job(key="ttl"), [b"{}"])
+    s.finish(j.id, "succeeded", [1], None, time.time(), keep=1)
+    assert s.get(j.id) is not None
+    time.sleep(2.2)
+    assert s.get(j.id) is None  # the record, and its idempotency key, are gone
+    assert s.create(job(key="ttl"), [b"{}"])[1]
+    s.close()
+
+
 def test_an_expired_idempotency_key_is_free_again(tmp_path: Path) -> None:
     s = SQLiteJobStore(tmp_path)
     old, _ = s.create(job(key="k", at=T0), [b"{}"])
