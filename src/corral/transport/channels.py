@@ -273,6 +273,10 @@ class GreenChannel:
                 continue
             except zmq.ContextTerminated:
                 return
+            except zmq.ZMQError:  # the worker is exiting: its context was destroyed
+                if self.sock.closed:
+                    return
+                raise
             waiter = self.pending.get(getattr(msg, "id", -1))
             if waiter is not None:
                 waiter.set(msg)
