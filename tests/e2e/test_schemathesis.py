@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Callable
 import pytest
 import requests
 
-from tests.conftest import APPS, ServerProcess
+from tests.conftest import APPS, ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -26,16 +27,22 @@ def test_schemathesis_finds_nothing(serve: Callable[..., ServerProcess], tmp_pat
     batching = {f"CORRAL_MODELS__{m}__MAX_SIZE": "256" for m in ("ECHO", "TEXT_STATS", "IRIS")}
     server = serve(str(APPS / "fuzz.py"), "--worker-class", worker_class, env=batching)
     result = subprocess.run(
-        # All checks but use_after_free: DELETE /v1/jobs/{id} cancels a job, and the job
-        # stays readable (status "cancelled") until its result expires, by design.
+        # All checks but two. use_after_free: DELETE /v1/jobs/{id} cancels a job, and the
+        # job stays readable (status "cancelled") until its result expires, by design.
+        # not_a_server_error is replaced by tests/schemathesis_hooks.py: every 5xx fails
+        # the run except a 504 "timeout" to a request whose own X-Request-Timeout passed.
         [SCHEMATHESIS, "run", f"{server.url}/openapi.json", "--checks", "all",
-         "--exclude-checks", "use_after_free",
+         "--exclude-checks", "use_after_free,not_a_server_error",
          "--max-examples", "40", "--workers", "1", "--seed", "1", "--no-color"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT),
+             "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks"},
     )
     report = result.stdout + result.stderr
     assert result.returncode == 0, report[-8000:]
-    assert "No issues found" in report, report[-4000:]
+    # A clean run ends "No issues found", or with warnings only (random job ids are 404s).
+    assert "Failures:" not in report and "failure" not in report.splitlines()[-1], \
+        report[-4000:]
     # Every operation of the document was exercised, not skipped (schemathesis leaves
     # out the operation that serves the schema it is reading, /openapi.json).
     paths = requests.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
