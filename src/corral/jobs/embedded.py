@@ -19,7 +19,6 @@ import os
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from .records import JobRecord, JobStore, now
 from .runner import JobRunner, owner_dead
@@ -90,7 +89,6 @@ class EmbeddedLoop:
         self.store, self.runner, self.wakeup = store, runner, wakeup
         self.models = models
         self.concurrency = concurrency
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="corral-job")
         self._running = 0
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -108,7 +106,6 @@ class EmbeddedLoop:
             self.wakeup.wait(_IDLE_POLL)
         # Jobs stop after their slices in flight and are given back (not a crash).
         self.runner.heartbeat.stop()
-        self._pool.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + _STOP_GRACE
         with self._idle:
             while self._running and time.monotonic() < deadline:
@@ -137,7 +134,10 @@ class EmbeddedLoop:
                 logger.info("job %s: taking it over (attempt %d)", job.id, job.attempts)
             with self._lock:
                 self._running += 1
-            self._pool.submit(self._run, job)
+            # A daemon thread per job (at most ``concurrency``): a process that exits is
+            # never held up by a job waiting on its engine.
+            threading.Thread(target=self._run, args=(job,), name="corral-job",
+                             daemon=True).start()
 
     def _run(self, job: JobRecord) -> None:
         started = time.monotonic()
