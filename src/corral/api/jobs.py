@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,8 +27,7 @@ from ..jobs.service import JobService
 from ..registry.catalog import Catalog
 from ..schema.inputs import parse_json, validate_inputs
 from .body import read_json_body
-from .problems import compact_json, status_line
-from .routes import SECONDS
+from .routes import json_response, parse_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +57,6 @@ def job_document(job: JobRecord) -> dict[str, Any]:
     if job.error is not None:
         doc["error"] = job.error
     return doc
-
-
-def _json(data: Any, status: int, headers: dict[str, str] | None = None) -> Response:
-    return Response(compact_json(data), status=status_line(status), mimetype="application/json",
-                    headers=headers)
 
 
 @contextmanager
@@ -122,7 +115,7 @@ class JobRoutes:
             headers["Idempotent-Replayed"] = "true"
         else:
             metrics.JOBS.labels(spec.name, "accepted").inc()
-        return _json(job_document(job), 202, headers)
+        return json_response(job_document(job), 202, headers)
 
     def _idempotency_key(self) -> str | None:
         key = request.headers.get(IDEMPOTENCY_HEADER)
@@ -139,7 +132,7 @@ class JobRoutes:
     def _find(self, job_id: str) -> JobRecord:
         with _store():
             job = self.jobs.store.get(job_id) if looks_like_job_id(job_id) else None
-        if job is None or (job.expires_at is not None and job.expires_at <= now()):
+        if job is None:
             raise JobNotFound(f"No job {job_id!r}: it never existed, or it finished more than "
                               f"{self.settings.job_ttl:g} s ago and its result was removed.")
         return job
@@ -153,14 +146,14 @@ class JobRoutes:
             finally:
                 self._waiters.release()
             job = self._find(job_id)
-        return _json(job_document(job), 200)
+        return json_response(job_document(job))
 
     def _wait(self) -> float:
         raw = request.args.get("wait")
         if raw is None:
             return 0.0
         limit = self.settings.job_max_wait
-        value = float(raw) if SECONDS.match(raw) else math.nan
+        value = parse_seconds(raw, ["query", "wait"], "wait")
         if not 0 <= value <= limit:
             raise InvalidInput(
                 f"wait must be a number of seconds from 0 to {limit:g}; got {raw!r}.",
@@ -177,7 +170,7 @@ class JobRoutes:
                                                    self.settings.job_ttl)
             if cancelled is not None:
                 metrics.JOBS.labels(job.model, "cancelled").inc()
-                return _json(job_document(cancelled), 200)
+                return json_response(job_document(cancelled))
             job = self._find(job_id)
         raise JobFinished(f"Job {job_id} has already {job.status}; only a queued or running "
                           "job can be cancelled.")

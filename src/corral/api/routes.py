@@ -25,16 +25,28 @@ from ..schema.api_types import (
 from ..schema.inputs import parse_json, validate_inputs
 from ..schema.openapi import MIN_REQUEST_TIMEOUT
 from .body import read_json_body
-from .problems import at_item, compact_json, problem_document, status_line
+from ..schema.problems import output_documents
+from .problems import compact_json, status_line
 
 TIMEOUT_HEADER = "X-Request-Timeout"
 # A plain decimal number, as in JSON (no "1_0", "0x10", "inf" or non-ASCII digits).
 SECONDS = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$")
 
 
-def _json_response(data: Any, status: int = 200) -> Response:
+def json_response(data: Any, status: int = 200,
+                  headers: dict[str, str] | None = None) -> Response:
     return Response(compact_json(data), status=status_line(status),
-                    mimetype="application/json")
+                    mimetype="application/json", headers=headers)
+
+
+def parse_seconds(raw: str, loc: list[str | int], what: str) -> float:
+    """A number of seconds sent in a header or query parameter, as plain JSON spells a
+    number; anything else is a 422 naming ``loc``."""
+    if not SECONDS.match(raw):
+        raise InvalidInput(f"{what} must be a number of seconds, such as 2 or 0.5; got "
+                           f"{raw!r}.", errors=[{"loc": loc, "msg": "Input should be a valid "
+                                                 "number", "type": "float_parsing"}])
+    return float(raw)
 
 
 class Routes:
@@ -95,19 +107,8 @@ class Routes:
             handle.cancel()
             raise
         g.batch = handle.batch
-        if not is_batch:
-            if isinstance(outputs[0], CorralError):
-                raise outputs[0]
-            return Response(outputs[0], status=status_line(200), mimetype="application/json")
-        documents = []
-        for i, output in enumerate(outputs):
-            if isinstance(output, CorralError):
-                failed = at_item(output, i)
-                if not spec.per_item_errors:
-                    raise failed
-                output = compact_json(problem_document(failed)).encode()
-            documents.append(output)
-        body = b"[" + b",".join(documents) + b"]"
+        documents = output_documents(outputs, is_batch, spec.per_item_errors)
+        body = b"[" + b",".join(documents) + b"]" if is_batch else documents[0]
         return Response(body, status=status_line(200), mimetype="application/json")
 
     def _timeout(self, spec: ModelSpec) -> float:
@@ -116,13 +117,7 @@ class Routes:
         raw = request.headers.get(TIMEOUT_HEADER)
         if raw is None:
             return limit
-        if not SECONDS.match(raw):
-            raise InvalidInput(
-                f"{TIMEOUT_HEADER} must be a number of seconds, such as 2 or 0.5.",
-                errors=[{"loc": ["header", TIMEOUT_HEADER],
-                         "msg": "Input should be a valid number", "type": "float_parsing"}],
-            )
-        asked = float(raw)
+        asked = parse_seconds(raw, ["header", TIMEOUT_HEADER], TIMEOUT_HEADER)
         if asked < MIN_REQUEST_TIMEOUT:
             raise InvalidInput(
                 f"{TIMEOUT_HEADER} must be at least {MIN_REQUEST_TIMEOUT} seconds; got {raw}.",
@@ -158,11 +153,11 @@ class Routes:
 
     def list_models(self) -> Response:
         models = ModelList(models=[self._info(n, detail=False) for n in self.catalog.names()])
-        return _json_response(models.model_dump(mode="json", exclude_none=True))
+        return json_response(models.model_dump(mode="json", exclude_none=True))
 
     def describe_model(self, name: str) -> Response:
         self.catalog.resolve(name)  # 404 with the known names
-        return _json_response(self._info(name, detail=True).model_dump(mode="json",
+        return json_response(self._info(name, detail=True).model_dump(mode="json",
                                                                        exclude_none=True))
 
     # -- health -----------------------------------------------------------------------
@@ -172,7 +167,7 @@ class Routes:
         return Response(body, content_type=content_type)
 
     def healthz(self) -> Response:
-        return _json_response({"status": "ok"})
+        return json_response({"status": "ok"})
 
     def readyz(self) -> Response:
         models = []
@@ -186,5 +181,5 @@ class Routes:
         ready = ("ready" in states and "loading" not in states
                  and ("failed" not in states or self.settings.ready_with_failed_models))
         report = Readiness(ready=ready, models=models)
-        return _json_response(report.model_dump(mode="json", exclude_none=True),
+        return json_response(report.model_dump(mode="json", exclude_none=True),
                               200 if ready else 503)

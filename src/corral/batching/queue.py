@@ -260,9 +260,8 @@ class BatchQueue:
         batch = Batch()
         room = self.policy.max_size
         active = self.live_active()
-        background_room = room
-        if active and free_replicas < 2:
-            background_room = max(1, room // BACKGROUND_SHARE)
+        capped = active and free_replicas < 2  # the last free replica: a share at most
+        background_room = max(1, room // BACKGROUND_SHARE) if capped else room
         has_live = False
         while room:
             lane = self._next_lane()
@@ -277,7 +276,7 @@ class BatchQueue:
                 lane = "live"
             ticket = self._lanes[lane][0]
             n = min(room, ticket.remaining)
-            shared = lane == "background" and active
+            shared = lane == "background" and capped
             if shared:
                 n = min(n, background_room)
                 background_room -= n

@@ -49,7 +49,7 @@ def store_url(settings: Settings) -> str:
             f"CORRAL_BROKER_URL is {broker.split('://')[0]}://...: set CORRAL_JOB_STORE_URL to "
             "where job records live for every instance and worker (redis://host:6379/0, or "
             "sqlite:////shared/dir for instances on one machine).")
-    return f"sqlite:///{Path(settings.data_dir).resolve()}"
+    return f"sqlite:///{settings.data_dir}"  # absolute (Settings makes it so)
 
 
 def open_store(settings: Settings) -> JobStore:

@@ -40,7 +40,6 @@ from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
 from ..config import Settings
-from ..errors import RequestTimeout
 from .records import JobRecord, now
 
 logger = logging.getLogger(__name__)
@@ -114,7 +113,7 @@ def worker_app(settings: Settings, runtime_dir: str) -> Celery:
             per_process.clear()
             per_process[pid] = JobRunner(open_store(settings), DispatcherEngine(runtime),
                                          runner_settings(settings, sizes), runner_id(),
-                                         passthrough=(SoftTimeLimitExceeded,))
+                                         time_limits=(SoftTimeLimitExceeded,))
         return per_process[pid]
 
     sizes: dict[str, int] = {}
@@ -139,11 +138,7 @@ def worker_app(settings: Settings, runtime_dir: str) -> Celery:
         job = r.store.start(job_id, r.owner, settings.job_lease, now(), dead)
         if job is None:
             return "skipped"  # running under a live lease elsewhere
-        try:
-            finished = r.run(job)
-        except SoftTimeLimitExceeded:
-            finished = r.store.finish(job_id, "failed", None, _timeout_problem(job_id, settings),
-                                      now(), settings.job_ttl)
+        finished = r.run(job)
         return "stopped" if finished is None else finished.status
 
     @signals.worker_process_init.connect(weak=False)  # type: ignore[untyped-decorator]
@@ -161,13 +156,6 @@ def worker_app(settings: Settings, runtime_dir: str) -> Celery:
     return app
 
 
-def _timeout_problem(job_id: str, settings: Settings) -> dict[str, Any]:
-    from ..schema.problems import problem_document
-
-    return problem_document(RequestTimeout(
-        f"Job {job_id} did not finish within its {settings.job_timeout:g} s."))
-
-
 def _sweep(settings: Settings, app: Celery) -> None:
     """Send again every job whose message may be lost (see the module docstring)."""
     from .backend import open_store
@@ -175,7 +163,7 @@ def _sweep(settings: Settings, app: Celery) -> None:
     store = open_store(settings)
     every = max(1.0, settings.job_lease / 2)
     while True:
-        threading.Event().wait(every)
+        time.sleep(every)
         try:
             for job_id in store.lost(now(), settings.job_redeliver_after, limit=1000):
                 if store.requeue(job_id, now(), settings.job_redeliver_after):

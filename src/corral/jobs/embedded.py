@@ -64,9 +64,6 @@ class Wakeup:
         else:
             self._event.set()
 
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
 
 
 def wake(path: str) -> None:

@@ -25,6 +25,7 @@ import json
 import secrets
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -89,6 +90,10 @@ class JobRecord:
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
+
+    def expired(self, now: float) -> bool:
+        """Finished longer ago than its results are kept."""
+        return self.expires_at is not None and self.expires_at <= now
 
     def runnable(self, now: float) -> bool:
         """Queued, or running under a lease that ran out."""
@@ -182,17 +187,23 @@ class JobStore(ABC):
         """The job's input documents, in order."""
 
     @abstractmethod
+    def update(self, job_id: str, change: Callable[[JobRecord], bool]) -> JobRecord | None:
+        """Apply one of :class:`JobRecord`'s transitions in one transaction: the record is
+        saved and returned if ``change`` applied (returned True), else None (also if the
+        job is gone)."""
+
     def start(self, job_id: str, owner: str, lease: float, now: float,
               stale_owners: frozenset[str] = frozenset()) -> JobRecord | None:
         """Lease a runnable job to ``owner`` (queued → running, attempts + 1).
 
         Returns the record, or None if the job is finished, gone, or leased to another
         runner whose lease has not run out (unless that runner is in ``stale_owners``)."""
+        return self.update(job_id, lambda job: job.take(owner, lease, now, stale_owners))
 
-    @abstractmethod
     def release(self, job_id: str, owner: str) -> bool:
         """Give a running job back (its runner is stopping, not crashing): queued again,
         this attempt not counted. False if it was not ``owner``'s."""
+        return self.update(job_id, lambda job: job.give_back(owner)) is not None
 
     @abstractmethod
     def claim(self, owner: str, lease: float, limit: int, now: float, models: frozenset[str],
@@ -201,9 +212,9 @@ class JobStore(ABC):
         first, for ``owner``. Jobs leased to an owner in ``stale_owners`` (known dead)
         count as runnable at once."""
 
-    @abstractmethod
     def renew(self, job_id: str, owner: str, lease: float, now: float) -> bool:
         """Extend the lease; False if the job was cancelled, finished or taken over."""
+        return self.update(job_id, lambda job: job.renew(owner, lease, now)) is not None
 
     @abstractmethod
     def save_outputs(self, job_id: str, start: int, outputs: list[bytes]) -> int | None:
@@ -230,10 +241,10 @@ class JobStore(ABC):
     def lost(self, now: float, redeliver_after: float, limit: int) -> list[str]:
         """Ids of unfinished jobs whose broker message may be lost (:meth:`JobRecord.lost`)."""
 
-    @abstractmethod
     def requeue(self, job_id: str, now: float, redeliver_after: float) -> bool:
         """If the job is still lost, mark it queued and sent now; True if this caller should
         send it again (only one caller wins)."""
+        return self.update(job_id, lambda job: job.resend(now, redeliver_after)) is not None
 
     @abstractmethod
     def purge(self, now: float) -> int:

@@ -39,10 +39,9 @@ class RedisJobStore(JobStore):
     def _key(job_id: str) -> str:
         return f"{_P}job:{job_id}"
 
-    def _update(self, job_id: str,
-                change: Callable[[JobRecord], bool],
-                after: Callable[[Any, JobRecord], None] | None = None) -> JobRecord | None:
-        """Apply ``change`` to the record atomically; it returns False to leave it as is."""
+    def update(self, job_id: str, change: Callable[[JobRecord], bool],
+               after: Callable[[Any, JobRecord], None] | None = None) -> JobRecord | None:
+        """``after`` adds commands to the same transaction once ``change`` applied."""
         key = self._key(job_id)
         pipe: Any
         with self.r.pipeline() as pipe:
@@ -100,13 +99,6 @@ class RedisJobStore(JobStore):
         raw = self.r.get(f"{self._key(job_id)}:in")
         return [] if raw is None else unpack(raw)
 
-    def start(self, job_id: str, owner: str, lease: float, now: float,
-              stale_owners: frozenset[str] = frozenset()) -> JobRecord | None:
-        return self._update(job_id, lambda job: job.take(owner, lease, now, stale_owners))
-
-    def release(self, job_id: str, owner: str) -> bool:
-        return self._update(job_id, lambda job: job.give_back(owner)) is not None
-
     def claim(self, owner: str, lease: float, limit: int, now: float, models: frozenset[str],
               stale_owners: frozenset[str] = frozenset()) -> list[JobRecord]:
         jobs: list[JobRecord] = []
@@ -120,25 +112,19 @@ class RedisJobStore(JobStore):
                 jobs.append(started)
         return jobs
 
-    def renew(self, job_id: str, owner: str, lease: float, now: float) -> bool:
-        return self._update(job_id, lambda job: job.renew(owner, lease, now)) is not None
-
     def save_outputs(self, job_id: str, start: int, outputs: list[bytes]) -> int | None:
         out_key = f"{self._key(job_id)}:out"
-        counted = False
 
         def change(job: JobRecord) -> bool:
-            nonlocal counted
             if job.finished or self.r.hexists(out_key, str(start)):
                 return False
             job.done += len(outputs)
-            counted = True
             return True
 
         def after(pipe: Any, job: JobRecord) -> None:
             pipe.hset(out_key, str(start), pack(outputs))
 
-        job = self._update(job_id, change, after)
+        job = self.update(job_id, change, after)
         if job is None:
             current = self.get(job_id)
             return None if current is None or current.finished else current.done
@@ -159,7 +145,7 @@ class RedisJobStore(JobStore):
             if scope is not None:
                 pipe.expire(f"{_P}idem:{scope}", max(1, int(keep) + 1))
 
-        return self._update(job_id, lambda job: job.end(status, result, error, now, keep),
+        return self.update(job_id, lambda job: job.end(status, result, error, now, keep),
                             after)
 
     def _open_jobs(self) -> list[JobRecord]:
@@ -174,9 +160,6 @@ class RedisJobStore(JobStore):
 
     def lost(self, now: float, redeliver_after: float, limit: int) -> list[str]:
         return [j.id for j in self._open_jobs() if j.lost(now, redeliver_after)][:limit]
-
-    def requeue(self, job_id: str, now: float, redeliver_after: float) -> bool:
-        return self._update(job_id, lambda job: job.resend(now, redeliver_after)) is not None
 
     def purge(self, now: float) -> int:
         # Records expire by themselves; only ids of jobs that vanished stay in "open".

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import metrics
-from ..schema.problems import at_item, compact_json, problem_document
+from ..schema.problems import output_documents, problem_document
 from ..engine import Engine, Handle, Input
 from ..errors import (
     CorralError,
@@ -142,15 +142,21 @@ class Heartbeat:
                                    exc_info=True)
 
 
+def job_timeout(job_id: str, seconds: float) -> RequestTimeout:
+    """Why a job that ran out of time failed."""
+    return RequestTimeout(f"Job {job_id} did not finish within its {seconds:g} s.")
+
+
 class JobRunner:
     """Runs leased jobs through an engine and records the outcome."""
 
     def __init__(self, store: JobStore, engine: Engine, settings: RunnerSettings,
-                 owner: str, passthrough: tuple[type[BaseException], ...] = ()) -> None:
-        """``passthrough``: exceptions that end a job's run from outside (Celery's soft
-        time limit) and must reach the caller rather than be logged as a runner bug."""
+                 owner: str, time_limits: tuple[type[BaseException], ...] = ()) -> None:
+        """``time_limits``: exceptions that stop a job from outside because it ran out of
+        time (Celery's soft time limit); the job fails with a timeout, as when it runs
+        past its own."""
         self.store, self.engine, self.settings, self.owner = store, engine, settings, owner
-        self.passthrough = passthrough
+        self.time_limits = time_limits
         self.heartbeat = Heartbeat(store, owner, settings.lease)
 
     def run(self, job: JobRecord) -> JobRecord | None:
@@ -169,8 +175,9 @@ class JobRunner:
         except CorralError as exc:
             finished = self._fail(job, exc)
             return finished
-        except self.passthrough:
-            raise
+        except self.time_limits:
+            finished = self._fail(job, job_timeout(job.id, s.timeout))
+            return finished
         except Exception as exc:  # a bug, or the store failed: the lease runs out, retried
             logger.error("job %s: runner failed; it runs again when its lease expires",
                          job.id, exc_info=exc)
@@ -188,19 +195,19 @@ class JobRunner:
         s = self.settings
         key = ModelKey(job.model, job.version)
         documents = self.store.inputs(job.id)
-        saved = self.store.outputs(job.id)
-        done: set[int] = set()
-        for start, outs in saved.items():
-            done.update(range(start, start + len(outs)))
+        # Each input's output document once computed: from earlier runners, then ours.
+        slots: list[bytes | None] = [None] * job.total
+        for first, outs in self.store.outputs(job.id).items():
+            slots[first:first + len(outs)] = outs
         size = max(1, s.slice_size(key))
-        pending: deque[tuple[int, int]] = deque()  # (start, count) of inputs still to compute
+        pending: deque[tuple[int, int]] = deque()  # (first, count) of inputs still to compute
         i = 0
-        while i < len(documents):
-            if i in done:
+        while i < job.total:
+            if slots[i] is not None:
                 i += 1
                 continue
             j = i
-            while j < len(documents) and j not in done and j - i < size:
+            while j < job.total and slots[j] is None and j - i < size:
                 j += 1
             pending.append((i, j - i))
             i = j
@@ -213,9 +220,9 @@ class JobRunner:
                     handle.cancel()
                 return None
             while pending and len(in_flight) < IN_FLIGHT:
-                start, count = pending[0]
+                first, count = pending[0]
                 try:
-                    inputs = [s.decode(key, d) for d in documents[start:start + count]]
+                    inputs = [s.decode(key, d) for d in documents[first:first + count]]
                     handle = self.engine.submit(key, inputs, deadline, lane="background",
                                                 request_id=f"job-{job.id}")
                 except (Overloaded, ModelLoading) as exc:
@@ -223,58 +230,31 @@ class JobRunner:
                         stop.wait(min(exc.retry_after, 5))
                     break
                 pending.popleft()
-                in_flight.append((start, count, handle))
+                in_flight.append((first, count, handle))
             if not in_flight:
                 if time.monotonic() >= deadline:
-                    raise RequestTimeout(f"Job {job.id} did not finish within its "
-                                         f"{s.timeout:g} s.")
+                    raise job_timeout(job.id, s.timeout)
                 continue
-            start, count, handle = in_flight.popleft()
+            first, count, handle = in_flight.popleft()
             try:
                 outputs = handle.result(max(0.0, deadline - time.monotonic()))
             except _TRANSIENT as exc:
                 if time.monotonic() >= deadline:
-                    raise RequestTimeout(f"Job {job.id} did not finish within its "
-                                         f"{s.timeout:g} s.") from None
+                    raise job_timeout(job.id, s.timeout) from None
                 if isinstance(exc, WorkerCrashed):
-                    crashes[start] = crashes.get(start, 0) + 1
-                    if crashes[start] >= s.max_attempts:
+                    crashes[first] = crashes.get(first, 0) + 1
+                    if crashes[first] >= s.max_attempts:
                         raise
-                logger.info("job %s: inputs %d..%d: %s; trying again", job.id, start,
-                            start + count - 1, exc.type)
-                pending.appendleft((start, count))
+                logger.info("job %s: inputs %d..%d: %s; trying again", job.id, first,
+                            first + count - 1, exc.type)
+                pending.appendleft((first, count))
                 continue
-            if not self._save(job, start, outputs):
+            computed = output_documents(outputs, job.is_batch, job.per_item_errors, first)
+            if self.store.save_outputs(job.id, first, computed) is None:
                 stop.set()  # cancelled (or gone): the next turn cancels what is in flight
-        return self._succeed(job)
-
-    def _save(self, job: JobRecord, start: int, outputs: list[bytes | CorralError]) -> bool:
-        """Save a slice's outputs; False if the job has finished meanwhile (cancelled)."""
-        documents = []
-        for i, output in enumerate(outputs):
-            if isinstance(output, CorralError):
-                if not job.is_batch:
-                    raise output
-                failed = at_item(output, start + i)
-                if not job.per_item_errors:
-                    raise failed
-                output = compact_json(problem_document(failed)).encode()
-            documents.append(output)
-        return self.store.save_outputs(job.id, start, documents) is not None
-
-    def _succeed(self, job: JobRecord) -> JobRecord | None:
-        slots: list[bytes | None] = [None] * job.total
-        for start, outs in self.store.outputs(job.id).items():
-            slots[start:start + len(outs)] = outs
-        if len(slots) != job.total or any(s is None for s in slots):
-            # Cancelled meanwhile (its outputs are gone), or the slices do not add up: never
-            # a wrong result. A cancel is already recorded; anything else runs again.
-            current = self.store.get(job.id)
-            if current is None or current.finished:
-                return None
-            raise RuntimeError(f"job {job.id}: saved outputs do not cover its {job.total} "
-                               "inputs")
-        values: list[Any] = json.loads(b"[" + b",".join(s for s in slots if s) + b"]")
+                continue
+            slots[first:first + count] = computed
+        values: list[Any] = json.loads(b"[" + b",".join(d for d in slots if d) + b"]")
         result = values if job.is_batch else values[0]
         return self._counted(self.store.finish(job.id, "succeeded", result, None, now(),
                                                self.settings.keep))

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ class SQLiteJobStore(JobStore):
                 row = db.execute("SELECT record FROM jobs WHERE idem=?", (scope,)).fetchone()
                 if row is not None:
                     found = JobRecord.from_json(row[0])
-                    if found.expires_at is None or found.expires_at > job.created_at:
+                    if not found.expired(job.created_at):
                         return found, False
                     self._delete(db, found.id)  # expired, not yet purged: the key is free
             db.execute("INSERT INTO jobs (status, lease_until, owner, expires_at, record, id, "
@@ -114,7 +115,9 @@ class SQLiteJobStore(JobStore):
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._read() as db:
-            return self._load(db, job_id)
+            job = self._load(db, job_id)
+        # Expired but not purged yet (purges run once a minute): gone all the same.
+        return None if job is None or job.expired(time.time()) else job
 
     def inputs(self, job_id: str) -> list[bytes]:
         with self._read() as db:
@@ -122,22 +125,13 @@ class SQLiteJobStore(JobStore):
                              (job_id,)).fetchone()
         return [] if row is None else unpack(row[0])
 
-    def start(self, job_id: str, owner: str, lease: float, now: float,
-              stale_owners: frozenset[str] = frozenset()) -> JobRecord | None:
+    def update(self, job_id: str, change: Callable[[JobRecord], bool]) -> JobRecord | None:
         with self._tx() as db:
             job = self._load(db, job_id)
-            if job is None or not job.take(owner, lease, now, stale_owners):
+            if job is None or not change(job):
                 return None
             self._put(db, job)
             return job
-
-    def release(self, job_id: str, owner: str) -> bool:
-        with self._tx() as db:
-            job = self._load(db, job_id)
-            if job is None or not job.give_back(owner):
-                return False
-            self._put(db, job)
-            return True
 
     def claim(self, owner: str, lease: float, limit: int, now: float, models: frozenset[str],
               stale_owners: frozenset[str] = frozenset()) -> list[JobRecord]:
@@ -157,14 +151,6 @@ class SQLiteJobStore(JobStore):
                 job.take(owner, lease, now, stale_owners)
                 self._put(db, job)
             return jobs
-
-    def renew(self, job_id: str, owner: str, lease: float, now: float) -> bool:
-        with self._tx() as db:
-            job = self._load(db, job_id)
-            if job is None or not job.renew(owner, lease, now):
-                return False
-            self._put(db, job)
-            return True
 
     def save_outputs(self, job_id: str, start: int, outputs: list[bytes]) -> int | None:
         with self._tx() as db:
@@ -195,8 +181,7 @@ class SQLiteJobStore(JobStore):
                 return None
             self._put(db, job)
             # Inputs and partial outputs are no longer needed: the record holds the result.
-            db.execute("DELETE FROM job_inputs WHERE job_id=?", (job_id,))
-            db.execute("DELETE FROM job_outputs WHERE job_id=?", (job_id,))
+            self._delete(db, job_id, record=False)
             return job
 
     def running_owners(self) -> set[str]:
@@ -211,14 +196,6 @@ class SQLiteJobStore(JobStore):
         jobs = (JobRecord.from_json(r[0]) for r in rows)
         return [job.id for job in jobs if job.lost(now, redeliver_after)][:limit]
 
-    def requeue(self, job_id: str, now: float, redeliver_after: float) -> bool:
-        with self._tx() as db:
-            job = self._load(db, job_id)
-            if job is None or not job.resend(now, redeliver_after):
-                return False
-            self._put(db, job)
-            return True
-
     def purge(self, now: float) -> int:
         with self._tx() as db:
             ids = [r[0] for r in db.execute(
@@ -229,8 +206,9 @@ class SQLiteJobStore(JobStore):
             return len(ids)
 
     @staticmethod
-    def _delete(db: sqlite3.Connection, job_id: str) -> None:
-        db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+    def _delete(db: sqlite3.Connection, job_id: str, record: bool = True) -> None:
+        if record:
+            db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
         db.execute("DELETE FROM job_inputs WHERE job_id=?", (job_id,))
         db.execute("DELETE FROM job_outputs WHERE job_id=?", (job_id,))
 

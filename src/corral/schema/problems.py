@@ -34,3 +34,22 @@ def at_item(err: CorralError, index: int) -> CorralError:
     if err.errors is not None:
         err.errors = [{**e, "loc": [index, *e.get("loc", [])]} for e in err.errors]
     return err
+
+
+def output_documents(outputs: list[bytes | CorralError], is_batch: bool,
+                     per_item_errors: bool, first: int = 0) -> list[bytes]:
+    """The JSON documents of computed outputs, as predict answers them (and a job stores
+    them): an input that failed alone raises its error, named by its index (``first`` is
+    the index of ``outputs[0]`` in the request) when the body was an array, unless the
+    model returns per-item errors: then its problem document takes its place."""
+    documents = []
+    for i, output in enumerate(outputs):
+        if isinstance(output, CorralError):
+            if not is_batch:
+                raise output
+            failed = at_item(output, first + i)
+            if not per_item_errors:
+                raise failed
+            output = compact_json(problem_document(failed)).encode()
+        documents.append(output)
+    return documents
