@@ -34,6 +34,8 @@ class Numbers(BaseModel):
     poison: bool = Field(False, description="Make predict raise for the whole batch.")
     reject: bool = Field(False, description="Make predict raise InvalidInput.")
     spin: float = Field(0.0, ge=0, le=10, description="Seconds to busy-loop in predict.")
+    die: bool = Field(False, description="Make the replica process exit in predict (as a "
+                      "segfault or an OOM kill would); for process trees only.")
 
 
 class Total(BaseModel):
@@ -61,6 +63,8 @@ class SumModel(corral.Model):
         spin_until = time.monotonic() + max(x.spin for x in batch)
         while time.monotonic() < spin_until:  # CPU-bound, never yields to an event loop
             pass
+        if any(x.die for x in batch):
+            os._exit(1)
         if any(x.poison for x in batch):
             raise RuntimeError("secret internal detail: poisoned")
         if any(x.reject for x in batch):

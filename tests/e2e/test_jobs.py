@@ -335,6 +335,47 @@ def test_stopping_the_server_gives_running_jobs_back(tmp_path: Path) -> None:
         again.stop()
 
 
+def test_a_job_past_its_timeout_fails_with_a_timeout(serve: Any) -> None:
+    server = serve(APP, env={"CORRAL_JOB_TIMEOUT": "1.5"})
+    job = submit(server, [{"values": [1], "delay": 4}]).json()
+    done = wait_finished(server, job["id"])
+    assert done["status"] == "failed", done
+    assert done["error"]["type"] == "timeout" and "1.5 s" in done["error"]["detail"]
+
+
+def test_an_input_that_kills_its_replica_fails_the_job_after_capped_tries(serve: Any,
+                                                                          tmp_path: Path) -> None:
+    record = tmp_path / "computed.txt"
+    server = serve(APP, env={"CORRAL_JOB_MAX_ATTEMPTS": "2", "SUM_RECORD_FILE": str(record)})
+    job = submit(server, [{"values": [1]}, {"values": [31337], "die": True}]).json()
+    done = wait_finished(server, job["id"], timeout=60)
+    assert done["status"] == "failed", done
+    assert done["error"]["type"] == "worker-crashed"
+    assert done["attempts"] == 1  # the job's runner did not die: the slice was tried twice
+    assert record.read_text().count("[31337.0]") == 2
+    assert wait_finished(server, submit(server, {"values": [2]}).json()["id"])[
+        "status"] == "succeeded"  # the replica was replaced; other work goes on
+
+
+def test_long_polls_take_at_most_half_the_threads(serve: Any) -> None:
+    server = serve(APP, "--threads", "2")  # one long-poll at a time in its one worker
+    job = submit(server, [{"values": [1], "delay": 3}]).json()
+    url = f"{server.url}/v1/jobs/{job['id']}"
+
+    def poll(delay: float) -> tuple[float, str]:
+        time.sleep(delay)
+        started = time.monotonic()
+        status = requests.get(url, params={"wait": 10}, timeout=20).json()["status"]
+        return time.monotonic() - started, status
+
+    with ThreadPoolExecutor(2) as pool:
+        waiting = pool.submit(poll, 0.0)
+        second = pool.submit(poll, 0.5)  # the first holds the only long-poll slot
+        (waited, final), (answered, current) = waiting.result(), second.result()
+    assert final == "succeeded" and waited > 1.5
+    assert current in ("queued", "running") and answered < 1.0  # answered at once
+
+
 def test_two_instances_share_one_data_directory(tmp_path: Path) -> None:
     data = tmp_path / "shared-data"
     env = {"CORRAL_DATA_DIR": str(data)}

@@ -83,3 +83,31 @@ def test_jobs_of_models_this_app_does_not_serve_are_left_alone(tmp_path: Path) -
     finally:
         app.extensions["corral.engine"].stop()
         other.extensions["corral.engine"].stop()
+
+
+def test_a_job_whose_runners_died_too_often_fails_without_running(tmp_path: Path) -> None:
+    from corral.jobs.records import JobRecord, new_job_id
+    from corral.jobs.runner import JobRunner, RunnerSettings
+    from corral.jobs.sqlite import SQLiteJobStore
+
+    store = SQLiteJobStore(tmp_path)
+    t = time.time()
+    job = JobRecord(id=new_job_id(), model="sum", version="1", total=1, is_batch=False,
+                    per_item_errors=False, created_at=t, sent_at=t)
+    store.create(job, [b'{"values":[1]}'])
+    for attempt in range(3):  # three runners took it and died (their leases ran out)
+        assert store.start(job.id, f"dead-{attempt}", 1, t + 10 * attempt) is not None
+    taken = store.start(job.id, "me", 1, t + 40)
+    assert taken is not None and taken.attempts == 4
+
+    class NoEngine:  # the job must not be computed again
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("computed a job that ran out of attempts")
+
+    settings = RunnerSettings(lease=30, keep=60, max_attempts=3, timeout=10,
+                              slice_size=lambda key: 8, decode=lambda key, doc: doc)  # type: ignore[arg-type,return-value]
+    finished = JobRunner(store, NoEngine(), settings, "me").run(taken)  # type: ignore[arg-type]
+    assert finished is not None and finished.status == "failed"
+    assert finished.error is not None and finished.error["type"] == "worker-crashed"
+    assert "started 3 times" in finished.error["detail"]
+    store.close()
