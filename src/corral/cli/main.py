@@ -1,4 +1,5 @@
-"""The ``corral`` command: serve, models, worker, openapi, nginx."""
+"""The ``corral`` command: serve, models, worker, openapi, nginx, bench, locustfile,
+wrk-script."""
 
 from __future__ import annotations
 
@@ -199,6 +200,13 @@ def nginx(instances: tuple[str, ...], listen: str, app: str | None) -> None:
     if app:
         timeout = max(spec.batching.timeout for spec in _load(app, settings).catalog(settings))
     click.echo(site_config(list(instances), listen, settings, timeout), nl=False)
+
+
+from .bench import bench, locustfile, wrk_script_command  # noqa: E402
+
+cli.add_command(bench)
+cli.add_command(locustfile)
+cli.add_command(wrk_script_command)
 
 
 def main() -> None:

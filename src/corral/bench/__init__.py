@@ -1,0 +1,1 @@
+"""Load testing: corral bench, generated locustfiles and wrk scripts."""

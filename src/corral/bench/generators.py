@@ -1,0 +1,147 @@
+"""The two load generators behind one call: :func:`run_level` measures one model at one
+level (a concurrency or a rate) with wrk or the built-in generator and returns the
+client's half of a run (see results.py)."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .loadgen import LoadSpec, parse_result, spec_json
+from .results import summarize_latencies
+from .target import HOST, ModelTarget
+from .wrk import run_wrk, wrk_script
+
+# Called about five times a second with (requests answered, requests failed) so far.
+Progress = Callable[[int, int], None]
+
+# Open loop: the rate counts as kept when at least this share of the requests due went
+# out, and 99% of them went out within LAG_LIMIT of when they were due.
+KEPT_SHARE = 0.99
+LAG_LIMIT = 0.010
+
+
+@dataclass(frozen=True)
+class Level:
+    """A concurrency (closed loop) or a rate in requests per second (open loop)."""
+
+    concurrency: int = 0
+    rate: float = 0.0
+
+    @property
+    def mode(self) -> str:
+        return "open" if self.rate else "closed"
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_level(generator: str, base_url: str, model: ModelTarget, bodies: list[bytes],
+              level: Level, duration: float, timeout: float, max_connections: int,
+              progress: Progress | None = None) -> dict[str, Any]:
+    """One measured run; the generator's CPU is that of the child process it ran in."""
+    cpu0, t0 = children_cpu(), time.monotonic()
+    if generator == "wrk":
+        run = _wrk(base_url, model, bodies, level, duration, timeout)
+    else:
+        run = _builtin(base_url, model, bodies, level, duration, timeout, max_connections,
+                       progress)
+    wall = time.monotonic() - t0
+    run["generator_cores"] = round((children_cpu() - cpu0) / wall, 3) if wall else None
+    run.update(model=model.name, mode=level.mode,
+               concurrency=level.concurrency or None, rate=level.rate or None)
+    return run
+
+
+def _wrk(base_url: str, model: ModelTarget, bodies: list[bytes], level: Level,
+         duration: float, timeout: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="corral-wrk-") as tmp:
+        script = Path(tmp) / "bench.lua"
+        script.write_text(wrk_script(model.name, model.predict_path, bodies))
+        threads = min(level.concurrency, 2)
+        w = run_wrk(script, base_url, level.concurrency, duration, threads, timeout)
+    lat = w["latency_us"]
+    pcts = [[float(p), us / 1000] for p, us in lat["percentiles"]]
+    by_p = dict((p, ms) for p, ms in pcts)
+    requests = sum(w["statuses"].values())
+    e = w["errors"]
+    socket_errors = {k: e[k] for k in ("connect", "read", "write", "timeout")}
+    return {
+        "duration_s": w["duration_us"] / 1e6, "requests": requests,
+        "rps": requests / (w["duration_us"] / 1e6) if w["duration_us"] else 0.0,
+        "latency_ms": {"mean": lat["mean"] / 1000, "p50": by_p.get(50.0),
+                       "p90": by_p.get(90.0), "p99": by_p.get(99.0),
+                       "p999": by_p.get(99.9), "max": lat["max"] / 1000} if requests else {},
+        "percentiles": pcts if requests else [],
+        "statuses": dict(sorted(w["statuses"].items())),
+        "socket_errors": socket_errors,
+        "errors": sum(n for s, n in w["statuses"].items() if int(s) >= 400)
+        + sum(socket_errors.values()),
+        "sent_rate": None, "send_lag_p99_ms": None, "kept_rate": None,
+    }
+
+
+def _builtin(base_url: str, model: ModelTarget, bodies: list[bytes], level: Level,
+             duration: float, timeout: float, max_connections: int,
+             progress: Progress | None) -> dict[str, Any]:
+    host, _, port = base_url.split("://", 1)[1].rstrip("/").partition(":")
+    spec = LoadSpec(host=host or HOST, port=int(port or 80), path=model.predict_path,
+                    bodies=[b.decode() for b in bodies], duration=duration,
+                    concurrency=level.concurrency, rate=level.rate,
+                    max_connections=max_connections, timeout=timeout)
+    proc = subprocess.Popen([sys.executable, "-m", "corral.bench.loadgen"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdin.write(spec_json(spec))
+    proc.stdin.close()
+    errors: list[str] = []
+    stderr = proc.stderr
+
+    def read_progress() -> None:
+        for line in stderr:
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "P" and progress is not None:
+                progress(int(parts[1]), int(parts[2]))
+            elif not line.startswith("P "):
+                errors.append(line)
+
+    reader = threading.Thread(target=read_progress, daemon=True)
+    reader.start()
+    raw = proc.stdout.read()
+    proc.wait()
+    reader.join(5)
+    if proc.returncode != 0:
+        raise RuntimeError("the load generator failed: " + "".join(errors[-20:]).strip())
+    r = parse_result(raw)
+    latency, pcts = summarize_latencies(r.latencies)
+    requests = len(r.latencies)
+    run: dict[str, Any] = {
+        "duration_s": r.elapsed, "requests": requests,
+        "rps": requests / r.elapsed if r.elapsed else 0.0,
+        "latency_ms": latency, "percentiles": pcts,
+        "statuses": dict(sorted(r.statuses.items())),
+        "socket_errors": {k: r.socket_errors.get(k, 0)
+                          for k in ("connect", "read", "write", "timeout")},
+        "errors": sum(n for s, n in r.statuses.items() if int(s) >= 400)
+        + sum(r.socket_errors.values()),
+        "sent_rate": None, "send_lag_p99_ms": None, "kept_rate": None,
+    }
+    if level.rate:
+        lag = sorted(r.send_lag)
+        lag_p99 = lag[min(len(lag) - 1, int(len(lag) * 0.99))] if lag else 0.0
+        run["sent_rate"] = r.sent_in_time / duration
+        run["send_lag_p99_ms"] = lag_p99 * 1000
+        run["kept_rate"] = (r.sent >= KEPT_SHARE * r.scheduled and lag_p99 <= LAG_LIMIT)
+        run["connections"] = r.connections
+    return run

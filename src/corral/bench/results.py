@@ -1,0 +1,157 @@
+"""What ``corral bench`` measured, as plain JSON-able data, and how two runs compare.
+
+The JSON written by ``--json`` is this module's format (``FORMAT``)::
+
+    {
+      "format": "corral-bench/1",
+      "started": "2026-12-03T17:20:00+00:00", "finished": "...",
+      "command": "corral bench examples/quickstart.py ...",
+      "target": {"kind": "app" | "url", "value": "examples/quickstart.py",
+                 "url": "http://127.0.0.1:40123"},
+      "machine": {"cpus": 2, "cpu_model": "...", "python": "3.11.7", "corral": "0.1.0"},
+      "generator": {"name": "wrk" | "built-in", "version": "...",
+                    "mode": "closed" | "open" | "find-max"},
+      "settings": {"duration_s": 10, "warmup_s": 2, "concurrency": [1, 4, 16, 64],
+                   "rates": null, "slo_p99_ms": null, "timeout_s": 30},
+      "runs": [Run, ...],
+      "find_max": {"MODEL": {"slo_p99_ms": 200, "best_rate": 850.0 | null,
+                             "steps": [Run, ...]}} | null,
+      "notes": ["..."]          # what the reader must know (generator limits, ...)
+    }
+
+A ``Run`` is one model at one level (a concurrency, closed loop; or a rate, open loop)::
+
+    {
+      "model": "iris", "mode": "closed" | "open",
+      "concurrency": 16 | null, "rate": null | 200.0,
+      "duration_s": 10.01, "requests": 12345, "rps": 1233.2,
+      "latency_ms": {"mean": .., "p50": .., "p90": .., "p99": .., "p999": .., "max": ..},
+      "percentiles": [[0.0, 1.2], [5.0, 1.4], ..., [100.0, 30.1]],   # (percent, ms)
+      "statuses": {"200": 12300, "503": 45},
+      "socket_errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0},
+      "errors": 45,                                  # non-2xx answers + socket errors
+      "generator_cores": 0.31,                       # CPU the generator used, in cores
+      "sent_rate": 199.8 | null, "send_lag_p99_ms": 0.4 | null,   # open loop only
+      "kept_rate": true | null,
+      "server": null | {                             # read from the server's /metrics
+        "requests": 12345, "statuses": {"200": 12300, "503": 45},
+        "batches": 800, "batch_mean": 15.4,
+        "batch_hist": {"1": 3, "2": 0, "3-4": 10, ..., ">512": 0},
+        "queue_wait_ms_mean": 4.1, "predict_ms_mean": 9.8,
+        "cpu_ms_per_request": 0.71 | null, "cpu_cores": 1.2 | null  # only when bench
+      }                                                              # started the server
+    }
+
+Latencies of an open-loop run are measured from the time each request was due to be
+sent, not from when it went out, so a stalled server cannot hide behind a generator
+that waited for it (coordinated omission).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+FORMAT = "corral-bench/1"
+
+# Percent points kept for every run: enough for a latency-by-percentile curve.
+PERCENT_POINTS = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 55.0,
+                  60.0, 65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0, 97.5, 99.0, 99.5, 99.9,
+                  99.99, 100.0)
+
+
+def percentile(ordered: list[float], percent: float) -> float:
+    """The value below which ``percent`` of ``ordered`` (sorted ascending) lies
+    (nearest rank, as wrk and HdrHistogram report)."""
+    if not ordered:
+        return math.nan
+    rank = math.ceil(percent / 100 * len(ordered))
+    return ordered[min(len(ordered), max(rank, 1)) - 1]
+
+
+def summarize_latencies(seconds: list[float]) -> tuple[dict[str, float], list[list[float]]]:
+    """``latency_ms`` and ``percentiles`` of a run from its latencies in seconds."""
+    ordered = sorted(s * 1000 for s in seconds)
+    if not ordered:
+        return {}, []
+    summary = {"mean": sum(ordered) / len(ordered),
+               "p50": percentile(ordered, 50), "p90": percentile(ordered, 90),
+               "p99": percentile(ordered, 99), "p999": percentile(ordered, 99.9),
+               "max": ordered[-1]}
+    return summary, [[p, percentile(ordered, p)] for p in PERCENT_POINTS]
+
+
+def level_label(run: dict[str, Any]) -> str:
+    """How a run's level reads in a table: ``16 conns`` or ``200/s``."""
+    if run.get("mode") == "open":
+        return f"{run['rate']:g}/s"
+    return f"{run['concurrency']} conns"
+
+
+def error_rate(run: dict[str, Any]) -> float:
+    """Share of requests that failed (non-2xx or socket errors), 0..1."""
+    total = run["requests"] + sum(run.get("socket_errors", {}).values())
+    return run["errors"] / total if total else 0.0
+
+
+# -- comparing two runs -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    """One measured value of one cell (model, level) in an old and a new run."""
+
+    model: str
+    level: str
+    metric: str  # "rps", "p50", "p99" or "errors"
+    old: float
+    new: float
+    regressed: bool
+
+    @property
+    def change(self) -> str:
+        if self.metric == "errors":  # a share: compared in percentage points
+            return f"{(self.new - self.old) * 100:+.2f} pp"
+        if self.old == 0:
+            return "n/a"
+        return f"{(self.new - self.old) / self.old * 100:+.1f}%"
+
+
+def compare(old: dict[str, Any], new: dict[str, Any], threshold: float,
+            error_threshold: float = 0.01) -> list[Change]:
+    """Every cell present in both runs, metric by metric.
+
+    A cell regressed when its throughput fell, or its p50 or p99 rose, by more than
+    ``threshold`` (a fraction: 0.1 = 10%), or its error rate rose by more than
+    ``error_threshold`` (a fraction of requests).
+    """
+    def cells(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(r["model"], level_label(r)): r for r in doc.get("runs", [])}
+
+    before, after = cells(old), cells(new)
+    out: list[Change] = []
+    for key in [k for k in after if k in before]:
+        a, b = before[key], after[key]
+        model, level = key
+        out.append(Change(model, level, "rps", a["rps"], b["rps"],
+                          b["rps"] < a["rps"] * (1 - threshold)))
+        for p in ("p50", "p99"):
+            x, y = a["latency_ms"].get(p, math.nan), b["latency_ms"].get(p, math.nan)
+            out.append(Change(model, level, p, x, y, y > x * (1 + threshold)))
+        ea, eb = error_rate(a), error_rate(b)
+        out.append(Change(model, level, "errors", ea, eb, eb > ea + error_threshold))
+    return out
+
+
+def check_format(doc: Any, name: str) -> dict[str, Any]:
+    """``doc`` if it is a ``corral bench --json`` document, else ValueError saying why."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError(f"{name} is not a corral bench --json file (no \"format\": "
+                         f"\"{FORMAT}\").")
+    runs = doc.get("runs")
+    if not isinstance(runs, list) or not all(
+            isinstance(r, dict) and {"model", "rps", "latency_ms", "requests", "errors"} <= r.keys()
+            for r in runs):
+        raise ValueError(f"{name} has no valid \"runs\" list.")
+    return doc
