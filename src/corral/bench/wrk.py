@@ -76,7 +76,10 @@ function done(summary, latency, requests)
   end
   local pcts = {{}}
   for _, p in ipairs(points) do
-    table.insert(pcts, string.format("[%s,%d]", p, latency:percentile(tonumber(p))))
+    local value = latency:percentile(tonumber(p))
+    if tonumber(p) == 0 then value = latency.min end  -- wrk's ends are not exact:
+    if tonumber(p) == 100 then value = latency.max end  -- take its min and max there
+    table.insert(pcts, string.format("[%s,%d]", p, value))
   end
   local e = summary.errors
   io.write(string.format(

@@ -297,7 +297,7 @@ def locustfile(target: str, output: str | None, models: tuple[str, ...], host: s
         raise click.ClickException(str(exc)) from None
     host = host or (target.rstrip("/") if is_url(target) else "http://127.0.0.1:8000")
     text = locustfile_text(chosen, host, invalid_share=invalid_share, jobs=not no_jobs,
-                           bodies=bodies)
+                           bodies=bodies, filename=output or "locustfile.py")
     _write(text, output)
 
 
