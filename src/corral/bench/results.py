@@ -66,7 +66,7 @@ def percentile(ordered: list[float], percent: float) -> float:
     (nearest rank, as wrk and HdrHistogram report)."""
     if not ordered:
         return math.nan
-    rank = math.ceil(percent / 100 * len(ordered))
+    rank = math.ceil(round(percent * len(ordered) / 100, 9))  # 99.9% of 1000 is 999
     return ordered[min(len(ordered), max(rank, 1)) - 1]
 
 
