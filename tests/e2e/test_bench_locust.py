@@ -88,15 +88,17 @@ def test_failing_predictions_make_locust_exit_non_zero(serve: Serve, tmp_path: P
     server = serve(str(APPS / "jobs.py"))
     models = pick(describe_url(server.url), ["sum"])
     poisoned = [b'{"values":[1,2],"poison":true}']  # SumModel raises: 500 model-error
-    source = locustfile_text(models, server.url, jobs=False, invalid_share=0.2,
-                             bodies={"sum": poisoned})
-    run = run_locust(tmp_path, source, seconds=3)
+    source = locustfile_text(models, server.url, invalid_share=0.2, bodies={"sum": poisoned})
+    run = run_locust(tmp_path, source, seconds=5)
     assert run.returncode == 1, run.output
     path = models[0].predict_path
     assert run.failures(path) == run.requests(path) > 0, run.output
     assert run.failures(path + " (invalid)") == 0, run.output  # still a 422
     # the failure names the status and quotes the problem document
     assert "500: " in run.failure_messages and "model-error" in run.failure_messages
+    # the jobs were accepted (202: the input is valid), then failed: a failure too
+    assert run.failures(models[0].jobs_path) == 0 < run.requests(models[0].jobs_path)
+    assert run.failures("/v1/jobs/[id]") > 0 and "job failed" in run.failure_messages
 
 
 def test_a_server_that_is_down_fails_the_run(tmp_path: Path) -> None:
@@ -107,6 +109,7 @@ def test_a_server_that_is_down_fails_the_run(tmp_path: Path) -> None:
     run = run_locust(tmp_path, locustfile_text(describe_app(QUICKSTART), url), seconds=2)
     assert run.returncode == 1, run.output
     assert all(e["num_failures"] == e["num_requests"] for e in run.stats.values())
+    assert "no answer (" in run.failure_messages  # not a bare status 0
 
 
 def test_the_app_file_and_its_running_server_give_the_same_locustfile(

@@ -135,9 +135,13 @@ def test_lua_strings_escape_every_byte() -> None:
 
 class TinyServer:
     """Answers every POST with 200 (Content-Length, or chunked every 3rd answer, or
-    closing the connection every 5th); counts the requests it read."""
+    closing the connection every 5th); counts the requests it read. Other ``mode``s:
+    ``idle-close`` closes each connection silently after its answer (a keep-alive
+    timeout), ``continue`` sends ``100 Continue`` first, ``eof`` frames the body by
+    closing, ``silent`` never answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str = "mixed") -> None:
+        self.mode = mode
         self.count = 0
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -158,6 +162,20 @@ class TinyServer:
                 length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                 await reader.readexactly(length)
                 self.count += 1
+                if self.mode == "silent":
+                    continue
+                if self.mode == "idle-close":
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                    await writer.drain()
+                    writer.close()
+                    return
+                if self.mode == "continue":
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                if self.mode == "eof":
+                    writer.write(b"HTTP/1.1 200 OK\r\n\r\n{\"no\": \"length\"}")
+                    await writer.drain()
+                    writer.close()
+                    return
                 if self.count % 3 == 0:
                     writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                                  b"4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n")
@@ -170,21 +188,68 @@ class TinyServer:
                 else:
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # the client left, or the server stops
+        finally:
             writer.close()
 
+    async def _stop(self) -> None:
+        self.server.close()
+        mine = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not mine]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0.05)  # let the closed transports release their sockets
+
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
 
 
 @pytest.fixture
-def tiny() -> Iterator[TinyServer]:
-    server = TinyServer()
+def tiny(request: pytest.FixtureRequest) -> Iterator[TinyServer]:
+    server = TinyServer(getattr(request, "param", "mixed"))
     yield server
     server.close()
+
+
+@pytest.mark.parametrize("tiny", ["idle-close", "continue", "eof"], indirect=True)
+def test_builtin_generator_takes_what_servers_do(tiny: TinyServer) -> None:
+    """A kept-alive connection closed by the server is not an error (the request goes
+    again on a new one, counted); a 100 Continue is not the answer; a body framed by
+    the end of the connection is read to its end."""
+    from corral.bench.loadgen import LoadGenerator, LoadSpec
+
+    spec = LoadSpec(host="127.0.0.1", port=tiny.port, path="/p", bodies=["{}"],
+                    duration=0.5, concurrency=2, timeout=5)
+    result = asyncio.run(LoadGenerator(spec).run())
+    answered = len(result.latencies)
+    assert result.socket_errors == {} and result.statuses == {"200": answered}
+    assert answered > 10
+    if tiny.mode == "idle-close":  # each answered request after the first was sent twice
+        assert tiny.count == answered and result.resent == answered - 2 > 0
+    else:
+        assert tiny.count == answered and result.resent == 0
+
+
+@pytest.mark.parametrize("tiny", ["silent"], indirect=True)
+def test_open_loop_counts_what_never_got_an_answer(tiny: TinyServer) -> None:
+    """A server that stops answering: every request due counts, as a timeout, with its
+    time since due; none simply disappears."""
+    from corral.bench.loadgen import LoadGenerator, LoadSpec
+
+    spec = LoadSpec(host="127.0.0.1", port=tiny.port, path="/p", bodies=["{}"],
+                    duration=0.5, rate=40.0, max_connections=4, timeout=0.5)
+    result = asyncio.run(LoadGenerator(spec).run())
+    assert result.scheduled == 20 and result.latencies == [] and result.statuses == {}
+    assert result.socket_errors == {"timeout": 20}
+    # Over 4 connections some went out and were cut off by their own timeout, the rest
+    # never went out and were given up at the end; either way each has its time since due.
+    assert 4 <= result.sent < 20 and len(result.unanswered) == 20
+    assert all(0.45 < s < 2 for s in result.unanswered)
 
 
 @pytest.mark.parametrize("mode", ["closed", "open"])

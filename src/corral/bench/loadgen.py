@@ -58,6 +58,11 @@ class LoadResult:
     sent_in_time: int = 0  # open loop: sent before the end of the duration
     send_lag: list[float] = field(default_factory=list)  # open loop, seconds
     connections: int = 0  # connections opened
+    resent: int = 0  # requests sent again after an idle keep-alive connection closed
+    # Open loop: requests that never got an answer (not sent, or cut off) by the end:
+    # seconds from when each was due to when the generator gave up on it.
+    unanswered: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0  # the generator's own CPU time during the run
 
 
 class _Failed(Exception):
@@ -70,9 +75,26 @@ class _Connection:
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.resent = False  # the last request went twice (see exchange)
 
     async def exchange(self, request: bytes) -> int:
-        """Send one request and read its whole answer: the status code."""
+        """Send one request and read its whole answer: the status code.
+
+        A kept-alive connection that the server closed while idle (its keep-alive
+        timeout, a worker recycled) fails before a single byte of answer: the request is
+        sent again once on a new connection, as browsers and HTTP clients do.
+        """
+        reused = self.writer is not None
+        self.resent = False
+        try:
+            return await self._exchange(request)
+        except _Failed as exc:
+            if not (reused and exc.kind == "closed"):
+                raise
+        self.resent = True
+        return await self._exchange(request)
+
+    async def _exchange(self, request: bytes) -> int:
         if self.writer is None:
             try:
                 self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
@@ -84,14 +106,30 @@ class _Connection:
         except OSError:
             self.close()
             raise _Failed("write") from None
+        reader = self.reader
         try:
-            head = await self.reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError as exc:
+                    if not exc.partial:  # closed before answering anything
+                        self.close()
+                        raise _Failed("closed") from None
+                    raise
+                status = int(head[9:12])
+                if not 100 <= status < 200:
+                    break  # 1xx answers are interim: the final one follows
             length, chunked, close = _framing(head)
             if chunked:
-                await _read_chunked(self.reader)
-            elif length:
-                await self.reader.readexactly(length)
+                await _read_chunked(reader)
+            elif length is not None:
+                await reader.readexactly(length)
+            else:  # no framing: the body runs to the end of the connection
+                await reader.read()
+                close = True
+        except ConnectionResetError:
+            self.close()
+            raise _Failed("closed") from None
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             self.close()
             raise _Failed("read") from None
@@ -105,12 +143,17 @@ class _Connection:
         self.reader = self.writer = None
 
 
-def _framing(head: bytes) -> tuple[int, bool, bool]:
-    length, chunked, close = 0, False, False
+def _framing(head: bytes) -> tuple[int | None, bool, bool]:
+    """(Content-Length or None, chunked, connection closes) of a response head."""
+    length: int | None = None
+    chunked = close = False
+    status = int(head[9:12])
+    if status in (204, 304):
+        length = 0  # no body, whatever the headers say
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
-        if name == b"content-length":
+        if name == b"content-length" and length is None:
             length = int(value)
         elif name == b"transfer-encoding":
             chunked = b"chunked" in value.lower()
@@ -144,6 +187,7 @@ class LoadGenerator:
         self._errors: Counter[str] = Counter()
         self._failed = 0
         self._last_answer = 0.0
+        self._given_up = False
 
     def _request(self) -> bytes:
         self._next = (self._next + 1) % len(self.requests)
@@ -156,6 +200,9 @@ class LoadGenerator:
                 status = await conn.exchange(self._request())
         except TimeoutError:
             conn.close()
+            if self._given_up:  # counted already, at the end of the run
+                return
+            self.result.unanswered.append(time.perf_counter() - started)
             self._errors["timeout"] += 1
             self._failed += 1
             return
@@ -166,6 +213,7 @@ class LoadGenerator:
                 await asyncio.sleep(0.01)  # a refused connect must not spin
             return
         now = time.perf_counter()
+        self.result.resent += conn.resent
         self._last_answer = now
         self.result.latencies.append(now - started)
         self._statuses[str(status)] += 1
@@ -174,6 +222,7 @@ class LoadGenerator:
 
     async def run(self) -> LoadResult:
         progress = asyncio.create_task(self._progress())
+        cpu0 = time.process_time()
         self._start = time.perf_counter()
         self._end = self._start + self.spec.duration
         try:
@@ -186,6 +235,7 @@ class LoadGenerator:
         r = self.result
         r.statuses, r.socket_errors = dict(self._statuses), dict(self._errors)
         r.elapsed = max(self._last_answer, self._end) - self._start
+        r.cpu_s = time.process_time() - cpu0
         return r
 
     async def _closed_loop(self) -> None:
@@ -208,13 +258,23 @@ class LoadGenerator:
         running: set[asyncio.Task[None]] = set()
         interval = 1.0 / spec.rate
 
+        waiting: dict[asyncio.Task[None], float] = {}  # in flight: when it was due
+
         async def serve(conn: _Connection, due: float) -> None:
+            task = asyncio.current_task()
+            assert task is not None
             while True:
                 now = time.perf_counter()
                 result.send_lag.append(now - due)
                 result.sent += 1
                 result.sent_in_time += now < self._end
-                await self._one(conn, due)
+                waiting[task] = due
+                try:
+                    await self._one(conn, due)
+                except asyncio.CancelledError:  # given up on at the end of the run
+                    conn.close()
+                    raise
+                del waiting[task]
                 if not backlog:
                     idle.append(conn)
                     return
@@ -249,8 +309,19 @@ class LoadGenerator:
         deadline = time.perf_counter() + spec.timeout
         while (running or backlog) and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
+        # What is left never got an answer: each counts as a timeout, with the time from
+        # when it was due to now, so the percentiles cannot leave it out.
+        now = time.perf_counter()
+        self._given_up = True
+        left = [now - due for due in [*waiting.values(), *backlog]]
+        result.unanswered.extend(left)
+        if left:
+            self._errors["timeout"] += len(left)
+            self._failed += len(left)
         for task in list(running):
             task.cancel()
+        if running:
+            await asyncio.wait(running)
         for conn in idle:
             conn.close()
 
@@ -263,6 +334,11 @@ class LoadGenerator:
 
 
 def main() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:  # one descriptor per connection: take what the system allows
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     spec = LoadSpec(**json.loads(sys.stdin.read()))
     result = asyncio.run(LoadGenerator(spec).run())
     sys.stdout.write(json.dumps(asdict(result)))

@@ -39,11 +39,14 @@ expect 4xx (a 200 or a 5xx there is a failure).$jobs_doc
 
 import json
 import random
+import time
 
 from locust import FastHttpUser, between, task
 
 INVALID_SHARE = $invalid_share
 JOB_STATUSES = {"queued", "running", "succeeded", "failed", "cancelled"}
+JOB_POLL = 0.5
+JOB_DEADLINE = 30
 HEADERS = {"Content-Type": "application/json"}
 
 # Per model: where to post, the valid bodies, and one body the server must refuse.
@@ -55,6 +58,8 @@ def snippet(resp):
     """The start of a response body, for a failure message. Of a problem document, its
     type and detail, or its title when it carries an error id (the detail then names
     the id, which would make every failure a row of its own in Locust's table)."""
+    if not resp.status_code:  # no answer at all: refused, reset, timed out
+        return f"no answer ({resp.error})"
     try:
         problem = json.loads(resp.content or b"")
     except ValueError:
@@ -70,8 +75,8 @@ class CorralUser(FastHttpUser):
     host = $host_literal
     # A short random pause between tasks keeps each user busy (the server is what is
     # measured) while the jitter stops users from moving in lockstep. Use constant(0)
-    # for a closed loop at full speed, or constant_throughput(N) for N tasks per
-    # second per user (an open loop, whose latencies include queueing).
+    # for a closed loop at full speed, or constant_throughput(N) to pace each user to
+    # N tasks per second (each user still waits for its answer before the next).
     wait_time = between(0.01, 0.1)
 $tasks
     def predict(self, model):
@@ -108,21 +113,36 @@ _JOBS_TASK = '''
                 resp.failure(f"{resp.status_code} (expected 202 with an id): {snippet(resp)}")
                 return
             resp.success()
-        with self.client.get(f"/v1/jobs/{job_id}?wait=2", name="/v1/jobs/[id]",
-                             catch_response=True) as resp:
-            try:
-                status = json.loads(resp.content or b"")["status"]
-            except (ValueError, TypeError, KeyError):
-                status = None
-            if resp.status_code == 200 and status in JOB_STATUSES:
+        # Read it back until it finishes: it must succeed within JOB_DEADLINE seconds.
+        deadline = time.monotonic() + JOB_DEADLINE
+        while True:
+            with self.client.get(f"/v1/jobs/{job_id}", name="/v1/jobs/[id]",
+                                 catch_response=True) as resp:
+                try:
+                    status = json.loads(resp.content or b"")["status"]
+                except (ValueError, TypeError, KeyError):
+                    status = None
+                if resp.status_code != 200 or status not in JOB_STATUSES:
+                    resp.failure(f"{resp.status_code} (expected 200 with a job status): "
+                                 f"{snippet(resp)}")
+                    return
+                if status in ("failed", "cancelled"):
+                    resp.failure(f"job {status}: {snippet(resp)}")
+                    return
+                if status == "succeeded":
+                    resp.success()
+                    return
+                if time.monotonic() > deadline:
+                    resp.failure(f"job still {status} after {JOB_DEADLINE} s")
+                    return
                 resp.success()
-            else:
-                resp.failure(f"{resp.status_code} (expected 200 with a job status): "
-                             f"{snippet(resp)}")
+            time.sleep(JOB_POLL)
 '''
 
 _JOBS_DOC = ''' The jobs task submits a job, expects 202
-and an id, and reads the job once with GET /v1/jobs/ID?wait=2.'''
+and an id, and reads it back with GET /v1/jobs/ID every JOB_POLL seconds (no
+long-poll, so the latency shown is the server's, not a wait) until it succeeded; a
+job that failed, or is not done within JOB_DEADLINE seconds, is a failure.'''
 
 
 def locustfile_text(models: list[ModelTarget], host: str, *, invalid_share: float = 0.05,

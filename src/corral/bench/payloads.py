@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StartupError
+
+if TYPE_CHECKING:
+    from .target import ModelTarget
 
 # How many different valid bodies a load test cycles through (when the examples give
 # that many): a server that caches one answer should not look faster than it is.
@@ -66,6 +69,25 @@ def read_jsonl(path: str | Path) -> list[bytes]:
     if not bodies:
         raise PayloadError(f"{path} holds no inputs (one JSON object per line).")
     return bodies
+
+
+def check_locally(model: ModelTarget, bodies: list[bytes]) -> None:
+    """Validate ``bodies`` as the server would, with the model's input class (a model read
+    from an app file); :class:`PayloadError` quoting the first refusal."""
+    from ..errors import CorralError
+    from ..schema.inputs import validate_inputs
+
+    if model.input_type is None:
+        return
+    for body in bodies:
+        try:
+            validate_inputs(model.input_type, body, json.loads(body), model.max_queue)
+        except CorralError as exc:
+            found = getattr(exc, "errors", None) or []
+            why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in found[:4])
+            raise PayloadError(
+                f"Model {model.name!r} would refuse a payload ({exc.status}): "
+                f"{why or exc}\nPayload: {body[:200].decode('utf-8', 'replace')}") from None
 
 
 class PayloadError(StartupError):

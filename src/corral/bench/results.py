@@ -83,10 +83,10 @@ def summarize_latencies(seconds: list[float]) -> tuple[dict[str, float], list[li
 
 
 def level_label(run: dict[str, Any]) -> str:
-    """How a run's level reads in a table: ``16 conns`` or ``200/s``."""
+    """How a run's level reads in a table: ``1 conn``, ``16 conns`` or ``200/s``."""
     if run.get("mode") == "open":
         return f"{run['rate']:g}/s"
-    return f"{run['concurrency']} conns"
+    return f"{run['concurrency']} conn" + ("s" if run["concurrency"] != 1 else "")
 
 
 def error_rate(run: dict[str, Any]) -> float:
@@ -104,7 +104,7 @@ class Change:
 
     model: str
     level: str
-    metric: str  # "rps", "p50", "p99" or "errors"
+    metric: str  # "rps", "p50", "p99", "errors" or "max-rate" (--find-max)
     old: float
     new: float
     regressed: bool
@@ -118,17 +118,27 @@ class Change:
         return f"{(self.new - self.old) / self.old * 100:+.1f}%"
 
 
+# A latency change smaller than this never counts as a regression, whatever its share:
+# 0.9 -> 1.1 ms is +22% and means nothing.
+MIN_LATENCY_CHANGE_MS = 1.0
+
+
+def cells(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The runs of a document by (model, level)."""
+    return {(r["model"], level_label(r)): r for r in doc.get("runs", [])}
+
+
 def compare(old: dict[str, Any], new: dict[str, Any], threshold: float,
             error_threshold: float = 0.01) -> list[Change]:
-    """Every cell present in both runs, metric by metric.
+    """Every cell present in both runs, metric by metric, and each model's --find-max
+    answer when both have one.
 
-    A cell regressed when its throughput fell, or its p50 or p99 rose, by more than
-    ``threshold`` (a fraction: 0.1 = 10%), or its error rate rose by more than
-    ``error_threshold`` (a fraction of requests).
+    A cell regressed when its throughput fell, or its p50 or p99 rose (by at least
+    ``MIN_LATENCY_CHANGE_MS``), by more than ``threshold`` (a fraction: 0.1 = 10%), or
+    its error rate rose by more than ``error_threshold`` (a fraction of requests); a
+    model's highest rate within its SLO regressed when it fell by more than
+    ``threshold``, or is gone.
     """
-    def cells(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-        return {(r["model"], level_label(r)): r for r in doc.get("runs", [])}
-
     before, after = cells(old), cells(new)
     out: list[Change] = []
     for key in [k for k in after if k in before]:
@@ -138,9 +148,34 @@ def compare(old: dict[str, Any], new: dict[str, Any], threshold: float,
                           b["rps"] < a["rps"] * (1 - threshold)))
         for p in ("p50", "p99"):
             x, y = a["latency_ms"].get(p, math.nan), b["latency_ms"].get(p, math.nan)
-            out.append(Change(model, level, p, x, y, y > x * (1 + threshold)))
+            out.append(Change(model, level, p, x, y,
+                              y > x * (1 + threshold) and y - x >= MIN_LATENCY_CHANGE_MS))
         ea, eb = error_rate(a), error_rate(b)
         out.append(Change(model, level, "errors", ea, eb, eb > ea + error_threshold))
+    found_old, found_new = old.get("find_max") or {}, new.get("find_max") or {}
+    for model in [m for m in found_new if m in found_old]:
+        x, y = found_old[model].get("best_rate") or 0.0, found_new[model].get("best_rate") or 0.0
+        out.append(Change(model, f"p99 <= {found_new[model].get('slo_p99_ms', 0):g} ms",
+                          "max-rate", x, y, y < x * (1 - threshold)))
+    return out
+
+
+def unmatched(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Cells measured in only one of the two runs, as "model at level (old only)"."""
+    a, b = cells(old), cells(new)
+    return ([f"{m} at {lv} (old only)" for m, lv in a if (m, lv) not in b]
+            + [f"{m} at {lv} (new only)" for m, lv in b if (m, lv) not in a])
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between the two runs besides the server: generator, machine."""
+    out = []
+    for part, keys in (("generator", ("name", "version")), ("machine", ("cpus", "cpu_model"))):
+        x = [old.get(part, {}).get(k) for k in keys]
+        y = [new.get(part, {}).get(k) for k in keys]
+        if x != y:
+            out.append(f"the {part} differs: {' '.join(map(str, x))} -> "
+                       f"{' '.join(map(str, y))}")
     return out
 
 
@@ -150,8 +185,18 @@ def check_format(doc: Any, name: str) -> dict[str, Any]:
         raise ValueError(f"{name} is not a corral bench --json file (no \"format\": "
                          f"\"{FORMAT}\").")
     runs = doc.get("runs")
-    if not isinstance(runs, list) or not all(
-            isinstance(r, dict) and {"model", "rps", "latency_ms", "requests", "errors"} <= r.keys()
-            for r in runs):
+    if not isinstance(runs, list) or not all(map(_valid_run, runs)):
         raise ValueError(f"{name} has no valid \"runs\" list.")
     return doc
+
+
+def _valid_run(r: Any) -> bool:
+    number = (int, float)
+    return (isinstance(r, dict) and isinstance(r.get("model"), str)
+            and r.get("mode") in ("open", "closed")
+            and isinstance(r.get("concurrency" if r.get("mode") == "closed" else "rate"),
+                           number)
+            and isinstance(r.get("rps"), number) and isinstance(r.get("requests"), int)
+            and isinstance(r.get("errors"), int) and isinstance(r.get("latency_ms"), dict)
+            and all(isinstance(v, number) for v in r["latency_ms"].values())
+            and isinstance(r.get("socket_errors", {}), dict))

@@ -28,6 +28,8 @@ SETTLE_S = 5.0
 MAX_ERROR_SHARE = 0.01
 SEARCH_STEPS = 7
 SEARCH_PRECISION = 0.05
+# Below this many answers, a run's p99 is close to its maximum: the notes say so.
+FEW_REQUESTS = 200
 
 
 @dataclass
@@ -75,7 +77,7 @@ class Display:
 
     def log(self, message: str) -> None:
         if not self.quiet:
-            self.bar.console.print(message)
+            self.bar.console.print(message, markup=False, highlight=False)
 
     @contextmanager
     def step(self, what: str, seconds: float) -> Iterator[Progress]:
@@ -109,8 +111,9 @@ def run_plan(plan: Plan, base_url: str, server: LocalServer | None,
                       "version": plan.generator_version,
                       "mode": "find-max" if plan.find_max else plan.levels[0].mode},
         "settings": {"duration_s": plan.duration, "warmup_s": plan.warmup,
-                     "concurrency": [lv.concurrency for lv in plan.levels if lv.concurrency]
-                     or None,
+                     "concurrency": ([probe_concurrency(plan)] if plan.find_max else
+                                     [lv.concurrency for lv in plan.levels if lv.concurrency]
+                                     or None),
                      "rates": [lv.rate for lv in plan.levels if lv.rate] or None,
                      "slo_p99_ms": plan.slo_p99_ms, "timeout_s": plan.timeout,
                      "max_connections": plan.max_connections},
@@ -119,15 +122,20 @@ def run_plan(plan: Plan, base_url: str, server: LocalServer | None,
     steps = len(plan.levels) if not plan.find_max else 1 + SEARCH_STEPS
     total = len(plan.models) * steps * (plan.duration + plan.warmup)
     with Display(total, quiet) as display:
-        for model in plan.models:
-            bodies = plan.bodies[model.name]
-            if plan.find_max:
-                doc["find_max"][model.name] = _find_max(plan, base_url, server, model, bodies,
-                                                        display, doc)
-                continue
-            for level in plan.levels:
-                doc["runs"].append(_measure(plan, base_url, server, model, bodies, level,
-                                            display))
+        try:
+            for model in plan.models:
+                bodies = plan.bodies[model.name]
+                if plan.find_max:
+                    doc["find_max"][model.name] = _find_max(plan, base_url, server, model,
+                                                            bodies, display, doc)
+                    continue
+                for level in plan.levels:
+                    doc["runs"].append(_measure(plan, base_url, server, model, bodies, level,
+                                                display))
+        except KeyboardInterrupt as exc:  # keep what was measured; the caller reports it
+            doc["interrupted"] = str(exc) or "SIGINT"
+            doc["notes"].append("Interrupted: only the levels measured before the "
+                                "interruption are shown.")
     doc["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     doc["notes"].extend(notes(doc, plan))
     return doc
@@ -181,36 +189,45 @@ def _find_max(plan: Plan, base_url: str, server: LocalServer | None, model: Mode
     """The highest open-loop rate whose p99 meets the target, by bisection between 0 and
     a little above the throughput a closed-loop probe reaches."""
     assert plan.slo_p99_ms is not None
-    concurrency = max([lv.concurrency for lv in plan.levels if lv.concurrency] or [64])
-    probe = _measure(plan, base_url, server, model, bodies, Level(concurrency=concurrency),
-                     display)
+    probe = _measure(plan, base_url, server, model, bodies,
+                     Level(concurrency=probe_concurrency(plan)), display)
     doc["runs"].append(probe)
-    ceiling = max(probe["rps"] * 1.1, 1.0)
-    low, high = 0.0, ceiling
+    low, high = 0.0, max(probe["rps"] * 1.1, 1.0)
     steps: list[dict[str, Any]] = []
     best: float | None = None
-    rate = ceiling * 0.5
+    failed_above = False  # some rate above the best one missed the target
+    rate = high * 0.5
     for _ in range(SEARCH_STEPS):
-        run = _measure(plan, base_url, server, model, bodies, Level(rate=round(rate, 1)),
-                       display)
+        run = _measure(plan, base_url, server, model, bodies,
+                       Level(rate=max(round(rate, 1), 0.1)), display)
         run["meets_slo"] = meets(run, plan.slo_p99_ms)
         steps.append(run)
         if run["meets_slo"]:
             best = max(best or 0.0, run["rate"])
             low = rate
+            if rate >= high * (1 - SEARCH_PRECISION) and not failed_above:
+                high = rate * 2  # met at the top of the bracket: search above it
         else:
-            high = rate
+            high, failed_above = rate, True
         if high - low <= SEARCH_PRECISION * high:
             break
         rate = (low + high) / 2
     return {"slo_p99_ms": plan.slo_p99_ms, "best_rate": best, "probe_rps": probe["rps"],
-            "steps": steps}
+            "bounded": failed_above, "steps": steps}
+
+
+def probe_concurrency(plan: Plan) -> int:
+    """--find-max's closed-loop probe: the highest --concurrency given."""
+    return max(lv.concurrency for lv in plan.levels if lv.concurrency) if any(
+        lv.concurrency for lv in plan.levels) else 64
 
 
 def meets(run: dict[str, Any], slo_p99_ms: float) -> bool:
     p99 = run["latency_ms"].get("p99")
     total = run["requests"] + sum(run["socket_errors"].values())
-    return (p99 is not None and p99 <= slo_p99_ms and bool(run.get("kept_rate"))
+    # The rate must have been offered (sent in time); how late each send was is already
+    # in its latency, which counts from when it was due.
+    return (p99 is not None and p99 <= slo_p99_ms and run.get("sent_share", 0) >= 0.99
             and total > 0 and run["errors"] <= MAX_ERROR_SHARE * total)
 
 
@@ -228,7 +245,26 @@ def notes(doc: dict[str, Any], plan: Plan) -> list[str]:
                f"machine's {cpus} cores{where}.")
     if plan.generator == "builtin" and busiest > 0.85:
         out.append(f"The built-in generator used {busiest:.0%} of a core: it may have been "
-                   "the bottleneck. Install wrk for closed-loop runs (apt-get install wrk).")
+                   "the bottleneck" + (". Install wrk for closed-loop runs (apt-get install "
+                                       "wrk)." if plan.levels[0].mode == "closed" and not
+                                       plan.find_max else "."))
+    resent = sum(r.get("resent", 0) for r in runs)
+    if resent:
+        out.append(f"{resent} request(s) were sent again on a new connection after the "
+                   "server closed an idle kept-alive one (its keep-alive timeout).")
+    few = [r for r in runs if 0 < r["requests"] < FEW_REQUESTS]
+    if few:
+        out.append(f"{len(few)} run(s) answered fewer than {FEW_REQUESTS} requests: their p99 "
+                   "is close to their maximum and varies from run to run. Use a longer "
+                   "--duration before comparing them.")
+    if doc["target"].get("kind") == "url":
+        out.append("Server CPU per request is measured only when corral bench starts the "
+                   "server (an app file as TARGET).")
+    for model, found in (doc["find_max"] or {}).items():
+        if found["best_rate"] and not found["bounded"]:
+            out.append(f"{model}: every rate tried met the target; a higher rate than "
+                       f"{found['best_rate']:g}/s may meet it too (more steps or a higher "
+                       "--concurrency for the probe would tell).")
     for r in runs:
         if r["mode"] == "open" and not r.get("kept_rate"):
             why = ("every one of its connections was busy: the server answered slower than "
@@ -238,13 +274,19 @@ def notes(doc: dict[str, Any], plan: Plan) -> list[str]:
                        f"(sent {r['sent_rate']:.1f}/s, 99% of sends within "
                        f"{r['send_lag_p99_ms']:.1f} ms of their time): {why}. Latencies count "
                        "from when each request was due.")
+        if r.get("unanswered"):
+            out.append(f"{r['model']} at {level_label(r)}: {r['unanswered']} request(s) had "
+                       f"no answer {plan.timeout:g} s after the end and count as timeouts, "
+                       "with their time since due in the percentiles.")
         side = r.get("server")
         if not side:
             continue
         extra = side["requests"] - r["requests"]
         # wrk stops with a request in flight on each connection: the server counted
         # those too; anything else is a difference the reader must see.
-        expected = range(0, (r["concurrency"] or 0) + 1) if plan.generator == "wrk" else (0,)
+        # The same goes for requests the open loop gave up on.
+        expected = range(0, (r["concurrency"] or 0) + r.get("unanswered", 0) + 1) \
+            if plan.generator == "wrk" else range(0, r.get("unanswered", 0) + 1)
         if extra not in expected:
             out.append(f"{r['model']} at {level_label(r)}: the server counted "
                        f"{side['requests']} requests, the client {r['requests']}.")

@@ -70,27 +70,26 @@ def server_side(before: Samples, after: Samples, model: str) -> dict[str, Any]:
 
 def _batch_hist(before: Samples, after: Samples, model: str) -> dict[str, int]:
     """Batches per size range (``"1"``, ``"2"``, ``"3-4"``, ... ``">512"``)."""
-    bounds: list[float] = sorted(
-        float(dict(lab)["le"]) for (n, lab) in after
-        if n == "corral_batch_size_bucket" and dict(lab).get("model") == model)
-    out: dict[str, int] = {}
-    below = 0.0  # cumulative count of the previous bucket
-    low = 0.0
-    for bound in bounds:
-        le = "+Inf" if math.isinf(bound) else _le(bound)
-        cum = (_sum(after, "corral_batch_size_bucket", model, le=le)
-               - _sum(before, "corral_batch_size_bucket", model, le=le))
+    def buckets(samples: Samples) -> dict[float, float]:
+        out: dict[float, float] = {}
+        for (name, labels), value in samples.items():
+            lab = dict(labels)
+            if name == "corral_batch_size_bucket" and lab.get("model") == model:
+                bound = float(lab["le"])
+                out[bound] = out.get(bound, 0.0) + value
+        return out
+
+    old, new = buckets(before), buckets(after)
+    hist: dict[str, int] = {}
+    below = low = 0.0  # cumulative count and upper bound of the previous bucket
+    for bound in sorted(new):
+        cum = new[bound] - old.get(bound, 0.0)
         if math.isinf(bound):
             label = f">{low:g}"
         elif bound == low + 1:
             label = f"{bound:g}"
         else:
             label = f"{low + 1:g}-{bound:g}"
-        out[label] = int(cum - below)
+        hist[label] = int(cum - below)
         below, low = cum, bound
-    return out
-
-
-def _le(bound: float) -> str:
-    # prometheus_client writes bucket bounds as floats ("1.0", "2.0", ...).
-    return repr(float(bound))
+    return hist

@@ -25,20 +25,27 @@ def errors_text(run: dict[str, Any]) -> str:
 
 def model_table(model: str, runs: list[dict[str, Any]]) -> Table:
     """Requests/s, latency percentiles, errors and the server's side, a row per level."""
-    table = Table(title=f"{model}", title_justify="left")
+    cpu = any((run.get("server") or {}).get("cpu_ms_per_request") is not None for run in runs)
+    late = any(run["mode"] == "open" and not run.get("kept_rate") for run in runs)
+    table = Table(title=model, title_justify="left",
+                  caption="* rate not kept (see the notes)" if late else None,
+                  caption_justify="left")
+    # Numbers never wrap: a narrow terminal cuts the table on the right instead.
     for name in ("level", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors",
-                 "batch", "queue ms", "predict ms", "cpu ms/req"):
-        table.add_column(name, justify="left" if name in ("level", "errors") else "right")
+                 "batch", "queue ms", "predict ms", *(["cpu ms/req"] if cpu else [])):
+        table.add_column(name, justify="left" if name in ("level", "errors") else "right",
+                         no_wrap=True)
     for run in runs:
         lat = run.get("latency_ms") or {}
         side = run.get("server") or {}
         level = level_label(run)
         if run["mode"] == "open" and not run.get("kept_rate"):
-            level += " (rate not kept)"
+            level += " *"
         table.add_row(level, f"{run['rps']:,.1f}", _ms(lat.get("p50")), _ms(lat.get("p90")),
                       _ms(lat.get("p99")), _ms(lat.get("max")), errors_text(run),
                       _ms(side.get("batch_mean")), _ms(side.get("queue_wait_ms_mean")),
-                      _ms(side.get("predict_ms_mean")), _ms(side.get("cpu_ms_per_request")))
+                      _ms(side.get("predict_ms_mean")),
+                      *([_ms(side.get("cpu_ms_per_request"))] if cpu else []))
     return table
 
 
@@ -53,11 +60,13 @@ def summary_tables(doc: dict[str, Any]) -> list[Table]:
 
 def compare_table(changes: list[Change], threshold: float) -> Table:
     table = Table(title=f"Change per cell (threshold {threshold:.0%})", title_justify="left")
-    for name in ("model", "level", "metric", "old", "new", "change", ""):
+    for name in ("model", "level", "metric", "old", "new", "change", "verdict"):
         table.add_column(name, justify="right" if name in ("old", "new", "change") else "left")
+    units = {"rps": "req/s", "p50": "p50 ms", "p99": "p99 ms", "errors": "error rate",
+             "max-rate": "max req/s"}
     for c in changes:
         spec = ".2%" if c.metric == "errors" else ",.1f"
-        table.add_row(c.model, c.level, c.metric, format(c.old, spec), format(c.new, spec),
-                      c.change,
-                      "[red]REGRESSED[/red]" if c.regressed else "")
+        table.add_row(c.model, c.level, units[c.metric], format(c.old, spec),
+                      format(c.new, spec), c.change,
+                      "[red]REGRESSED[/red]" if c.regressed else "ok")
     return table

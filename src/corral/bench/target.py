@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import signal
@@ -14,7 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,10 @@ class TargetError(StartupError):
     """The target cannot be load-tested: down, not Corral, or no such model."""
 
 
+class GeneratorError(StartupError):
+    """The load generator could not run or gave no result."""
+
+
 @dataclass(frozen=True)
 class ModelTarget:
     """One model (its default version) as a load test sees it."""
@@ -37,6 +43,8 @@ class ModelTarget:
     max_size: int
     max_queue: int
     timeout: float
+    # The input class, when the model was read from an app file (not from a URL).
+    input_type: Any = field(default=None, compare=False, repr=False)
 
     @property
     def predict_path(self) -> str:
@@ -67,6 +75,15 @@ def fetch(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
 def describe_url(base: str) -> list[ModelTarget]:
     """The models a running Corral server at ``base`` serves, with their input schemas."""
     base = base.rstrip("/")
+    try:
+        return _describe_url(base)
+    except (AttributeError, TypeError, ValueError, KeyError):
+        raise TargetError(f"{base} answers /v1/models, but not as a Corral server does "
+                          "(its models, versions or batching are not what Corral "
+                          "sends).") from None
+
+
+def _describe_url(base: str) -> list[ModelTarget]:
     status, raw = fetch(base + "/v1/models")
     listing = _json(raw)
     if status != 200 or not isinstance(listing, dict) or not isinstance(
@@ -108,7 +125,7 @@ def describe_app(app: str) -> list[ModelTarget]:
         spec = catalog.resolve(name)
         b = spec.batching
         out.append(ModelTarget(name, spec.version, spec.input_type.model_json_schema(),
-                               b.max_size, b.max_queue, b.timeout))
+                               b.max_size, b.max_queue, b.timeout, spec.input_type))
     return out
 
 
@@ -161,7 +178,8 @@ class LocalServer:
                 *serve_args]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=_stop_with_parent)  # noqa: PLW1509
         try:
             self._wait_ready(start_timeout)
         except BaseException:
@@ -175,14 +193,27 @@ class LocalServer:
                 raise TargetError(f"corral serve {self.app} exited with {self.proc.returncode} "
                                   f"while starting:\n{self.log_tail()}")
             try:
-                status, _ = fetch(self.url + "/readyz", timeout=5)
-                if status == 200:
-                    return
+                status, raw = fetch(self.url + "/readyz", timeout=5)
             except TargetError:
-                pass
+                status, raw = 0, b""
+            if status == 200:
+                return
+            self._check_failed(raw)
             time.sleep(0.2)
         raise TargetError(f"corral serve {self.app} was not ready after {timeout:g} s:\n"
                           f"{self.log_tail()}")
+
+    def _check_failed(self, raw: bytes) -> None:
+        """Once no model is loading any more, a failed one ends the wait, named."""
+        report = _json(raw)
+        if not isinstance(report, dict) or not isinstance(report.get("models"), list):
+            return
+        states = [(m.get("name"), m.get("state"), m.get("error")) for m in report["models"]]
+        failed = [f"{name}: {error}" for name, state, error in states if state == "failed"]
+        if failed and not any(state == "loading" for _, state, _ in states):
+            raise TargetError(f"corral serve {self.app}: a model failed to load, so the "
+                              f"server is not ready: {'; '.join(failed)}. (Set "
+                              "CORRAL_READY_WITH_FAILED_MODELS=true to test the others.)")
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -224,6 +255,16 @@ class LocalServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._dir.cleanup()
+
+
+def _stop_with_parent() -> None:
+    """In the server's process, before it runs: SIGTERM (a clean stop) when the process
+    that started it dies, even by SIGKILL, so no server outlives its load test."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .results import PERCENT_POINTS
+from .target import GeneratorError
 
 SUMMARY = "corral-wrk/1"
 
@@ -132,11 +133,14 @@ def run_wrk(script: Path, base_url: str, connections: int, duration: float, thre
     cmd = ["wrk", "-t", str(max(1, min(threads, connections))), "-c", str(connections),
            "-d", f"{max(1, round(duration))}s", "--timeout", f"{max(1, round(timeout))}s",
            "-s", str(script), base_url]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + timeout + 60,
-                         check=False)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True,
+                             timeout=duration + timeout + 60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise GeneratorError(f"wrk did not run: {exc}") from None
     for line in out.stdout.splitlines():
         if line.startswith('{"summary":"' + SUMMARY):
             summary: dict[str, Any] = json.loads(line)
             return summary
-    raise RuntimeError(f"wrk gave no summary (exit {out.returncode}): "
+    raise GeneratorError(f"wrk gave no summary (exit {out.returncode}): "
                        f"{(out.stderr or out.stdout).strip()[-500:]}")

@@ -4,8 +4,10 @@ from the models' own schemas."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,9 +46,10 @@ def _need_bench_extra() -> None:
         import matplotlib  # noqa: F401
         import rich  # noqa: F401
     except ImportError:
-        raise click.ClickException("corral bench needs its extra: pip install "
-                                   "'corral[bench]' (rich for progress and tables, "
-                                   "matplotlib for the HTML report).") from None
+        raise click.ClickException("corral bench needs the bench extra (rich for progress "
+                                   "and tables, matplotlib for the HTML report): pip "
+                                   "install 'corral[bench]', or from a checkout pip "
+                                   "install -e '.[bench]'.") from None
 
 
 def _payloads(options: tuple[str, ...], models: list[Any]) -> dict[str, list[bytes]]:
@@ -67,30 +70,65 @@ def _payloads(options: tuple[str, ...], models: list[Any]) -> dict[str, list[byt
     return {m.name: given.get(m.name) or valid_bodies(m.input_schema) for m in models}
 
 
+def _checked(target: str, models: list[Any], bodies: dict[str, list[bytes]]) -> None:
+    """Every body is one the model takes: checked with its input class for an app file,
+    sent once to a running server."""
+    from ..bench.payloads import check_locally
+    from ..bench.runner import preflight
+    from ..bench.target import is_url
+
+    for model in models:
+        if is_url(target):
+            preflight(target.rstrip("/"), model, bodies[model.name], 30)
+        else:
+            check_locally(model, bodies[model.name])
+
+
 def _describe(target: str) -> list[Any]:
     from ..bench.target import describe_app, describe_url, is_url
 
+    _check_target(target)
     return describe_url(target) if is_url(target) else describe_app(target)
+
+
+def _check_target(target: str) -> None:
+    """A HOST:PORT given without its scheme is not an app file: say so."""
+    if re.match(r"^[\w.-]+:\d+(/.*)?$", target) and not Path(target).exists():
+        raise click.UsageError(f"{target!r}: a server's URL starts with http:// "
+                               f"(http://{target}).")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: stop as Ctrl-C does, so the server bench started is stopped."""
+
+
+def _stop_on_signals() -> None:
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
 
 
 @click.command()
 @click.argument("target", required=False)
 @click.option("-m", "--model", "models", multiple=True,
               help="A model to test (repeatable; default: every model).")
-@click.option("-c", "--concurrency", default=DEFAULT_LEVELS, show_default=True,
-              help="Closed loop: connections at each level, comma-separated.")
+@click.option("-c", "--concurrency",
+              help=f"Closed loop: connections at each level, comma-separated  [default: "
+                   f"{DEFAULT_LEVELS}; with --find-max, the probe's: 64].")
 @click.option("--rate", help="Open loop instead: requests per second at each level, "
               "comma-separated (latency counted from each request's scheduled time).")
 @click.option("--find-max", is_flag=True,
               help="Search for the highest rate whose p99 meets --slo-p99.")
-@click.option("--slo-p99", help="The p99 target of --find-max, e.g. 200ms.")
+@click.option("--slo-p99", help="The p99 target of --find-max, with its unit: 200ms, 1.5s.")
 @click.option("-d", "--duration", default="10s", show_default=True,
               help="Measured time per level.")
 @click.option("--warmup", default="2s", show_default=True,
               help="Unmeasured load before each level.")
 @click.option("--payloads", multiple=True, metavar="[NAME=]FILE.jsonl",
-              help="Real inputs, one JSON input per line (default: built from the "
-                   "model's schema examples).")
+              help="Real inputs, one JSON input (or array of inputs) per line "
+                   "(default: built from the model's schema examples).")
 @click.option("--generator", type=click.Choice(["auto", "wrk", "builtin"]), default="auto",
               show_default=True, help="auto: wrk when installed for closed loop, the "
               "built-in generator otherwise and for open loop.")
@@ -137,10 +175,15 @@ def bench(target: str | None, **opts: Any) -> None:
         sys.exit(_compare(old, new, opts["threshold"]))
     if not target:
         raise click.UsageError("Give a TARGET: an app file or the URL of a Corral server.")
+    _check_target(target)
+    _stop_on_signals()
     try:
         _bench(target, opts)
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
+    except Interrupted as exc:
+        click.echo(f"Stopped by {exc}.", err=True)
+        sys.exit(128 + getattr(signal, str(exc)).value)
 
 
 def _bench(target: str, opts: dict[str, Any]) -> None:
@@ -148,8 +191,7 @@ def _bench(target: str, opts: dict[str, Any]) -> None:
 
     from ..bench.generators import Level
     from ..bench.runner import Plan, preflight, run_plan
-    from ..bench.tables import summary_tables
-    from ..bench.target import LocalServer, describe_url, is_url, pick
+    from ..bench.target import LocalServer, TargetError, describe_url, is_url, pick
     from ..bench.wrk import wrk_version
 
     duration = parse_duration(opts["duration"], "--duration")
@@ -157,18 +199,33 @@ def _bench(target: str, opts: dict[str, Any]) -> None:
     timeout = parse_duration(opts["request_timeout"], "--timeout")
     if duration < 1:
         raise click.BadParameter("at least 1s.", param_hint="--duration")
-    slo = parse_duration(opts["slo_p99"], "--slo-p99") * 1000 if opts["slo_p99"] else None
+    if timeout <= 0:
+        raise click.BadParameter("more than 0s.", param_hint="--timeout")
+    for option in ("json_out", "report"):
+        _check_writable(opts[option], "--" + option.removesuffix("_out"))
+    slo = None
+    if opts["slo_p99"]:
+        if not re.search(r"(ms|s|m)\s*$", opts["slo_p99"]):
+            raise click.BadParameter(f"{opts['slo_p99']!r}: give its unit (200ms, 1.5s).",
+                                     param_hint="--slo-p99")
+        slo = parse_duration(opts["slo_p99"], "--slo-p99") * 1000
     if opts["find_max"] and slo is None:
         raise click.UsageError("--find-max needs a target: --slo-p99 200ms.")
     if slo is not None and not opts["find_max"]:
         raise click.UsageError("--slo-p99 is the target of --find-max; add --find-max.")
     if opts["rate"] and opts["find_max"]:
         raise click.UsageError("--find-max chooses the rates itself; drop --rate.")
+    if opts["rate"] and opts["concurrency"]:
+        raise click.UsageError("--rate (open loop) and --concurrency (closed loop) are two "
+                               "ways to load the server; give one.")
     open_loop = bool(opts["rate"]) or opts["find_max"]
+    concurrency = opts["concurrency"] or ("64" if opts["find_max"] else DEFAULT_LEVELS)
     levels = ([Level(rate=r) for r in parse_numbers(opts["rate"], "--rate", float)]
               if opts["rate"] else
-              [Level(concurrency=c) for c in parse_numbers(opts["concurrency"],
-                                                           "--concurrency", int)])
+              [Level(concurrency=c) for c in parse_numbers(concurrency, "--concurrency", int)])
+    if any(0 < lv.rate * duration < 10 for lv in levels):
+        raise click.BadParameter("each rate must send at least 10 requests in --duration.",
+                                 param_hint="--rate")
     version = wrk_version()
     generator = opts["generator"]
     if generator == "wrk" and version is None:
@@ -180,6 +237,9 @@ def _bench(target: str, opts: dict[str, Any]) -> None:
         generator = "wrk" if version and not open_loop else "builtin"
     if generator == "builtin":
         version = _builtin_version()
+        if is_url(target) and not target.startswith("http://"):
+            raise click.UsageError("The built-in generator speaks plain HTTP: give an "
+                                   "http:// URL, or wrk (closed loop) for https.")
     serve_args = [f"--{k.replace('_', '-')}={opts[k]}"
                   for k in ("workers", "threads", "worker_class") if opts[k] is not None]
     if is_url(target) and serve_args:
@@ -191,7 +251,8 @@ def _bench(target: str, opts: dict[str, Any]) -> None:
         if is_url(target):
             base_url = target.rstrip("/")
         else:
-            console.print(f"Starting corral serve {target} ...")
+            console.print(f"Starting corral serve {target} ...", markup=False,
+                          highlight=False)
             server = LocalServer(target, serve_args,
                                  parse_duration(opts["start_timeout"], "--start-timeout"))
             base_url = server.url
@@ -205,19 +266,38 @@ def _bench(target: str, opts: dict[str, Any]) -> None:
                     generator_version=version or "", max_connections=opts["max_connections"],
                     slo_p99_ms=slo, find_max=opts["find_max"], command=command,
                     target={"kind": "url" if server is None else "app", "value": target})
-        doc = run_plan(plan, base_url, server, quiet=opts["quiet"])
+        try:
+            doc = run_plan(plan, base_url, server, quiet=opts["quiet"])
+        except TargetError as exc:
+            if server is not None and server.proc.poll() is not None:
+                raise TargetError(f"corral serve {target} exited with {server.proc.returncode} "
+                                  f"during the load test:\n{server.log_tail()}") from None
+            raise
     finally:
         if server is not None:
             server.stop()
+    _show(doc, opts)
+    if doc.get("interrupted"):
+        raise Interrupted(doc["interrupted"])
+
+
+def _show(doc: dict[str, Any], opts: dict[str, Any]) -> None:
+    """The tables, the --find-max answers and the notes; the --json and --report files."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from ..bench.tables import summary_tables
+
     out = Console(width=None if sys.stdout.isatty() else 160)
     for table in summary_tables(doc):
         out.print(table)
     for model, found in (doc["find_max"] or {}).items():
         best = found["best_rate"]
         out.print(f"{model}: highest rate with p99 <= {found['slo_p99_ms']:g} ms: "
-                  + (f"{best:g} req/s" if best else "none of the rates tried"))
+                  + (f"{best:g} req/s" if best else "none of the rates tried"),
+                  highlight=False)
     for note in doc["notes"]:
-        out.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+        out.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
     if opts["json_out"]:
         Path(opts["json_out"]).write_text(json.dumps(doc, indent=1))
         out.print(f"Results: {opts['json_out']}")
@@ -226,6 +306,16 @@ def _bench(target: str, opts: dict[str, Any]) -> None:
 
         Path(opts["report"]).write_text(render_html(doc), encoding="utf-8")
         out.print(f"Report: {opts['report']}")
+
+
+def _check_writable(path: str | None, option: str) -> None:
+    """Fail now, not after the whole run, when a result file cannot be written."""
+    if path is None:
+        return
+    folder = Path(path).resolve().parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK) or Path(path).is_dir():
+        raise click.BadParameter(f"cannot write {path} (is {folder} a writable directory?).",
+                                 param_hint=option)
 
 
 def _builtin_version() -> str:
@@ -237,7 +327,8 @@ def _builtin_version() -> str:
 def _compare(old_path: str, new_path: str, threshold_raw: str) -> int:
     from rich.console import Console
 
-    from ..bench.results import check_format, compare
+    from ..bench.results import check_format, compare, differences, level_label, unmatched
+    from ..bench.runner import FEW_REQUESTS
     from ..bench.tables import compare_table
 
     match = re.match(r"^\s*([0-9]*\.?[0-9]+)\s*%?\s*$", threshold_raw)
@@ -256,8 +347,15 @@ def _compare(old_path: str, new_path: str, threshold_raw: str) -> int:
     changes = compare(docs[0], docs[1], threshold)
     if not changes:
         raise click.ClickException(f"{old_path} and {new_path} share no (model, level) cell.")
-    out = Console()
+    out = Console(width=None if sys.stdout.isatty() else 120)
     out.print(compare_table(changes, threshold))
+    few = sorted({r["model"] + " at " + level_label(r) for doc in docs for r in doc["runs"]
+                  if 0 < r["requests"] < FEW_REQUESTS})
+    if few:
+        out.print(f"note: fewer than {FEW_REQUESTS} requests in {', '.join(few)}: their "
+                  "percentiles vary from run to run; compare longer runs.", highlight=False)
+    for line in [*differences(*docs), *(f"not compared: {c}" for c in unmatched(*docs))]:
+        out.print(f"note: {line}", highlight=False, markup=False)
     regressed = [c for c in changes if c.regressed]
     if regressed:
         out.print(f"{len(regressed)} regression(s) past {threshold:.0%}.")
@@ -293,6 +391,7 @@ def locustfile(target: str, output: str | None, models: tuple[str, ...], host: s
     try:
         chosen = pick(_describe(target), list(models))
         bodies = _payloads(payloads, chosen)
+        _checked(target, chosen, bodies)
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
     host = host or (target.rstrip("/") if is_url(target) else "http://127.0.0.1:8000")
@@ -322,6 +421,7 @@ def wrk_script_command(target: str, model: str, output: str | None,
     try:
         chosen = pick(_describe(target), [model])
         bodies = _payloads((payloads,) if payloads else (), chosen)
+        _checked(target, chosen, bodies)
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
     _write(wrk_script(chosen[0].name, chosen[0].predict_path, bodies[chosen[0].name]), output)
