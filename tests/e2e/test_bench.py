@@ -333,5 +333,9 @@ def test_mistakes_in_the_command_are_named(tmp_path: Path) -> None:
     assert script.returncode == 1
     assert "Model 'iris' would refuse a payload (422): sepal_length: Field required" in \
         script.stderr
-    for done in (no_scheme, unitless, both, script):
+    unwritable = bench(QUICKSTART, "--json", str(tmp_path / "no" / "such" / "dir.json"),
+                       cwd=tmp_path)
+    assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr
+    assert "Starting corral serve" not in unwritable.stderr  # refused before any work
+    for done in (no_scheme, unitless, both, script, unwritable):
         assert "Traceback" not in done.stderr

@@ -190,7 +190,8 @@ def header(doc: dict[str, Any]) -> str:
     gen = doc.get("generator") or {}
     machine = doc.get("machine") or {}
     settings = doc.get("settings") or {}
-    cores = [num(r.get("generator_cores")) for r in doc.get("runs") or []]
+    steps = [s for found in (doc.get("find_max") or {}).values() for s in found.get("steps", [])]
+    cores = [num(r.get("generator_cores")) for r in [*(doc.get("runs") or []), *steps]]
     cores = [c for c in cores if math.isfinite(c)]
     cpus = num(machine.get("cpus"))
     used = (f"; used up to {max(cores):.2f} cores" + (f" of {cpus:g}" if math.isfinite(cpus)
