@@ -23,24 +23,12 @@ from tests.conftest import CORRAL, ROOT
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 
-from tests.e2e.test_docs_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS  # noqa: E402
+from tests.browser import TIMEOUT_MS, browser  # noqa: E402, F401 (a fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 PLOTS = {"iris": ["throughput", "latency-distribution", "batch-sizes", "errors"],
          HOSTILE: ["throughput", "latency-distribution", "find-max"]}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (set CORRAL_TEST_CHROMIUM)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @contextmanager

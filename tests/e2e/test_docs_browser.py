@@ -12,16 +12,15 @@ CORRAL_TEST_CHROMIUM to use another binary. The tests skip when there is none.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
+from tests.browser import TIMEOUT_MS, browser  # noqa: F401 (a fixture)
 from tests.conftest import ROOT, ServerProcess
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -29,15 +28,6 @@ expect = sync_api.expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = os.environ.get("CORRAL_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    # No name resolves, so even a request that slipped past the route below could
-    # not reach another host (an IP literal needs no resolving, hence the route).
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-]
-TIMEOUT_MS = 20_000  # every wait is bounded; the box running this may be slow
 LOCAL_HOST = "127.0.0.1"
 IRIS_EXAMPLE = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
@@ -84,18 +74,6 @@ class DocsPage:
                                        timeout=TIMEOUT_MS) as info:
             block.locator("button.execute").click()
         return info.value
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (set CORRAL_TEST_CHROMIUM)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture
