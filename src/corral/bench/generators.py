@@ -154,7 +154,7 @@ def _builtin(base_url: str, model: ModelTarget, bodies: list[bytes], level: Leve
         + sum(r.socket_errors.values()),
         "sent_rate": None, "send_lag_p99_ms": None, "kept_rate": None,
         "generator_cores": round(r.cpu_s / r.elapsed, 3) if r.elapsed else None,
-        "resent": r.resent,
+        "reopened": r.reopened,
     }
     if level.rate:
         lag = sorted(r.send_lag)

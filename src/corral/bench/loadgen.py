@@ -58,7 +58,7 @@ class LoadResult:
     sent_in_time: int = 0  # open loop: sent before the end of the duration
     send_lag: list[float] = field(default_factory=list)  # open loop, seconds
     connections: int = 0  # connections opened
-    resent: int = 0  # requests sent again after an idle keep-alive connection closed
+    reopened: int = 0  # kept-alive connections found closed by the server, reopened
     # Open loop: requests that never got an answer (not sent, or cut off) by the end:
     # seconds from when each was due to when the generator gave up on it.
     unanswered: list[float] = field(default_factory=list)
@@ -75,26 +75,21 @@ class _Connection:
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.resent = False  # the last request went twice (see exchange)
+        self.reopened = False  # the last request found its connection closed while idle
 
     async def exchange(self, request: bytes) -> int:
         """Send one request and read its whole answer: the status code.
 
-        A kept-alive connection that the server closed while idle (its keep-alive
-        timeout, a worker recycled) fails before a single byte of answer: the request is
-        sent again once on a new connection, as browsers and HTTP clients do.
+        A kept-alive connection that the server has closed while it was idle (its
+        keep-alive timeout, a worker recycled) is reopened before the request goes out.
+        A request once sent is never sent again: a connection that fails after that is
+        an error, whatever the cause, so a crashing server cannot hide behind retries.
         """
-        reused = self.writer is not None
-        self.resent = False
-        try:
-            return await self._exchange(request)
-        except _Failed as exc:
-            if not (reused and exc.kind == "closed"):
-                raise
-        self.resent = True
-        return await self._exchange(request)
-
-    async def _exchange(self, request: bytes) -> int:
+        self.reopened = False
+        if self.writer is not None and (self.writer.is_closing() or (
+                self.reader is not None and self.reader.at_eof())):
+            self.close()
+            self.reopened = True
         if self.writer is None:
             try:
                 self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
@@ -109,13 +104,7 @@ class _Connection:
         reader = self.reader
         try:
             while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError as exc:
-                    if not exc.partial:  # closed before answering anything
-                        self.close()
-                        raise _Failed("closed") from None
-                    raise
+                head = await reader.readuntil(b"\r\n\r\n")
                 status = int(head[9:12])
                 if not 100 <= status < 200:
                     break  # 1xx answers are interim: the final one follows
@@ -127,9 +116,6 @@ class _Connection:
             else:  # no framing: the body runs to the end of the connection
                 await reader.read()
                 close = True
-        except ConnectionResetError:
-            self.close()
-            raise _Failed("closed") from None
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             self.close()
             raise _Failed("read") from None
@@ -193,32 +179,32 @@ class LoadGenerator:
         self._next = (self._next + 1) % len(self.requests)
         return self.requests[self._next]
 
-    async def _one(self, conn: _Connection, started: float) -> None:
-        """One request on ``conn``; latency counted from ``started``."""
+    async def _one(self, conn: _Connection, started: float) -> bool:
+        """One request on ``conn``; latency counted from ``started``. False when the
+        connection could not even be opened (the caller pauses before the next)."""
         try:
             async with asyncio.timeout(self.spec.timeout):
                 status = await conn.exchange(self._request())
         except TimeoutError:
             conn.close()
             if self._given_up:  # counted already, at the end of the run
-                return
+                return True
             self.result.unanswered.append(time.perf_counter() - started)
             self._errors["timeout"] += 1
             self._failed += 1
-            return
+            return True
         except _Failed as exc:
             self._errors[exc.kind] += 1
             self._failed += 1
-            if exc.kind == "connect":
-                await asyncio.sleep(0.01)  # a refused connect must not spin
-            return
+            return exc.kind != "connect"
         now = time.perf_counter()
-        self.result.resent += conn.resent
+        self.result.reopened += conn.reopened
         self._last_answer = now
         self.result.latencies.append(now - started)
         self._statuses[str(status)] += 1
         if status >= 400:
             self._failed += 1
+        return True
 
     async def run(self) -> LoadResult:
         progress = asyncio.create_task(self._progress())
@@ -243,8 +229,9 @@ class LoadGenerator:
             conn = _Connection(self.spec.host, self.spec.port)
             self.result.connections += 1
             while time.perf_counter() < self._end:
-                await self._one(conn, time.perf_counter())
                 self.result.sent += 1
+                if not await self._one(conn, time.perf_counter()):
+                    await asyncio.sleep(0.01)  # a refused connection must not spin
             conn.close()
 
         await asyncio.gather(*(user() for _ in range(self.spec.concurrency)))
@@ -270,11 +257,13 @@ class LoadGenerator:
                 result.sent_in_time += now < self._end
                 waiting[task] = due
                 try:
-                    await self._one(conn, due)
+                    opened = await self._one(conn, due)
                 except asyncio.CancelledError:  # given up on at the end of the run
                     conn.close()
                     raise
                 del waiting[task]
+                if not opened:
+                    await asyncio.sleep(0.01)  # a refused connection must not spin
                 if not backlog:
                     idle.append(conn)
                     return

@@ -248,10 +248,6 @@ def notes(doc: dict[str, Any], plan: Plan) -> list[str]:
                    "the bottleneck" + (". Install wrk for closed-loop runs (apt-get install "
                                        "wrk)." if plan.levels[0].mode == "closed" and not
                                        plan.find_max else "."))
-    resent = sum(r.get("resent", 0) for r in runs)
-    if resent:
-        out.append(f"{resent} request(s) were sent again on a new connection after the "
-                   "server closed an idle kept-alive one (its keep-alive timeout).")
     few = [r for r in runs if 0 < r["requests"] < FEW_REQUESTS]
     if few:
         out.append(f"{len(few)} run(s) answered fewer than {FEW_REQUESTS} requests: their p99 "
@@ -275,9 +271,10 @@ def notes(doc: dict[str, Any], plan: Plan) -> list[str]:
                        f"{r['send_lag_p99_ms']:.1f} ms of their time): {why}. Latencies count "
                        "from when each request was due.")
         if r.get("unanswered"):
-            out.append(f"{r['model']} at {level_label(r)}: {r['unanswered']} request(s) had "
-                       f"no answer {plan.timeout:g} s after the end and count as timeouts, "
-                       "with their time since due in the percentiles.")
+            out.append(f"{r['model']} at {level_label(r)}: {r['unanswered']} request(s) got "
+                       f"no answer within --timeout ({plan.timeout:g} s, or by then after "
+                       "the end) and count as timeouts, with their time since due in the "
+                       "percentiles.")
         side = r.get("server")
         if not side:
             continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import http.client
 import json
 import os
 import signal
@@ -13,9 +14,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +74,8 @@ def fetch(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
         reason = getattr(exc, "reason", exc)
         raise TargetError(f"Nothing answers at {url}: {reason}. Is the server running "
                           "there? (corral serve APP)") from None
+    except (http.client.HTTPException, ValueError) as exc:
+        raise TargetError(f"{url} is not a URL Corral can reach: {exc}.") from None
 
 
 def describe_url(base: str) -> list[ModelTarget]:
@@ -247,6 +253,12 @@ class LocalServer:
         return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 30 s) and remove its files, with
+        signals held meanwhile: a second Ctrl-C must not leave it half stopped."""
+        with signals_held():
+            self._stop()
+
+    def _stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -255,6 +267,22 @@ class LocalServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._dir.cleanup()
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP ignored for the block, in the main thread (elsewhere
+    signals cannot be set, and are not delivered anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _stop_with_parent() -> None:

@@ -4,6 +4,7 @@ from the models' own schemas."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -36,9 +37,15 @@ def parse_numbers(raw: str, what: str, kind: type[int] | type[float]) -> list[An
     except ValueError:
         raise click.BadParameter(f"{raw!r} is not a comma-separated list of numbers.",
                                  param_hint=what) from None
-    if not values or any(v <= 0 for v in values):
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
         raise click.BadParameter(f"{raw!r}: give positive numbers.", param_hint=what)
+    if any(v > LIMITS[kind] for v in values):
+        raise click.BadParameter(f"{raw!r}: at most {LIMITS[kind]:,} each.", param_hint=what)
     return values
+
+
+# The largest level accepted: connections (int) and requests per second (float).
+LIMITS: dict[type, int] = {int: 10_000, float: 1_000_000}
 
 
 def _need_bench_extra() -> None:
@@ -52,21 +59,37 @@ def _need_bench_extra() -> None:
                                    "install -e '.[bench]'.") from None
 
 
-def _payloads(options: tuple[str, ...], models: list[Any]) -> dict[str, list[bytes]]:
-    """Bodies per model: from --payloads [NAME=]FILE.jsonl, else built from the schema."""
-    from ..bench.payloads import read_jsonl, valid_bodies
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
-    given: dict[str, list[bytes]] = {}
+
+def read_payloads(options: tuple[str, ...]) -> dict[str | None, list[bytes]]:
+    """The files of --payloads [NAME=]FILE.jsonl, read (before any server starts), by
+    model name (None: the only model tested). A path may itself hold "=": only a model
+    name before the first one names a model."""
+    from ..bench.payloads import read_jsonl
+
+    given: dict[str | None, list[bytes]] = {}
     for option in options:
-        name, sep, path = option.rpartition("=")
-        if not sep:
-            if len(models) != 1:
-                raise click.UsageError(f"--payloads {option}: several models are tested; "
-                                       "name one: --payloads NAME=FILE.jsonl.")
-            name = models[0].name
+        name, sep, path = option.partition("=")
+        if not sep or not _MODEL_NAME.match(name) or Path(option).exists():
+            name, path = "", option
+        given[name or None] = read_jsonl(path)
+    return given
+
+
+def _payloads(given: dict[str | None, list[bytes]],
+              models: list[Any]) -> dict[str, list[bytes]]:
+    """Bodies per model: those given (see read_payloads), else built from the schema."""
+    from ..bench.payloads import valid_bodies
+
+    if None in given:
+        if len(models) != 1:
+            raise click.UsageError("--payloads FILE: several models are tested; name one: "
+                                   "--payloads NAME=FILE.jsonl.")
+        given = {models[0].name: given[None]}
+    for name in given:
         if name not in {m.name for m in models}:
-            raise click.UsageError(f"--payloads {option}: no model {name!r} is tested.")
-        given[name] = read_jsonl(path)
+            raise click.UsageError(f"--payloads {name}=...: no model {name!r} is tested.")
     return {m.name: given.get(m.name) or valid_bodies(m.input_schema) for m in models}
 
 
@@ -191,7 +214,8 @@ def _bench(target: str, opts: dict[str, Any]) -> None:
 
     from ..bench.generators import Level
     from ..bench.runner import Plan, preflight, run_plan
-    from ..bench.target import LocalServer, TargetError, describe_url, is_url, pick
+    from ..bench.target import (LocalServer, TargetError, describe_url, is_url, pick,
+                                signals_held)
     from ..bench.wrk import wrk_version
 
     duration = parse_duration(opts["duration"], "--duration")
@@ -203,6 +227,9 @@ def _bench(target: str, opts: dict[str, Any]) -> None:
         raise click.BadParameter("more than 0s.", param_hint="--timeout")
     for option in ("json_out", "report"):
         _check_writable(opts[option], "--" + option.removesuffix("_out"))
+    if opts["json_out"] and opts["report"] and \
+            Path(opts["json_out"]).resolve() == Path(opts["report"]).resolve():
+        raise click.UsageError("--json and --report name the same file; give two.")
     slo = None
     if opts["slo_p99"]:
         if not re.search(r"(ms|s|m)\s*$", opts["slo_p99"]):
@@ -245,8 +272,10 @@ def _bench(target: str, opts: dict[str, Any]) -> None:
     if is_url(target) and serve_args:
         raise click.UsageError("--workers, --threads and --worker-class start an app; "
                                "a URL target is already running.")
+    given = read_payloads(opts["payloads"])
     server = None
     console = Console(stderr=True)
+    doc: dict[str, Any] | None = None
     try:
         if is_url(target):
             base_url = target.rstrip("/")
@@ -257,7 +286,7 @@ def _bench(target: str, opts: dict[str, Any]) -> None:
                                  parse_duration(opts["start_timeout"], "--start-timeout"))
             base_url = server.url
         models = pick(describe_url(base_url), list(opts["models"]))
-        bodies = _payloads(opts["payloads"], models)
+        bodies = _payloads(given, models)
         for model in models:
             preflight(base_url, model, bodies[model.name], timeout)
         command = "corral bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
@@ -273,12 +302,18 @@ def _bench(target: str, opts: dict[str, Any]) -> None:
                 raise TargetError(f"corral serve {target} exited with {server.proc.returncode} "
                                   f"during the load test:\n{server.log_tail()}") from None
             raise
+        # From here on, signals wait: what was measured is shown and written before the
+        # server stops (its stop takes a while; if bench dies, the server stops anyway).
+        with signals_held():
+            _show(doc, opts)
     finally:
         if server is not None:
             server.stop()
-    _show(doc, opts)
     if doc.get("interrupted"):
         raise Interrupted(doc["interrupted"])
+
+
+
 
 
 def _show(doc: dict[str, Any], opts: dict[str, Any]) -> None:
@@ -344,7 +379,12 @@ def _compare(old_path: str, new_path: str, threshold_raw: str) -> int:
             raise click.ClickException(str(exc) if isinstance(exc, ValueError) and
                                        "corral bench" in str(exc)
                                        else f"Cannot read {path}: {exc}") from None
-    changes = compare(docs[0], docs[1], threshold)
+    try:
+        changes = compare(docs[0], docs[1], threshold)
+        remarks = [*differences(*docs), *(f"not compared: {c}" for c in unmatched(*docs))]
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        raise click.ClickException(f"{old_path} or {new_path} is not a valid corral bench "
+                                   f"--json file ({type(exc).__name__}: {exc}).") from None
     if not changes:
         raise click.ClickException(f"{old_path} and {new_path} share no (model, level) cell.")
     out = Console(width=None if sys.stdout.isatty() else 120)
@@ -354,7 +394,7 @@ def _compare(old_path: str, new_path: str, threshold_raw: str) -> int:
     if few:
         out.print(f"note: fewer than {FEW_REQUESTS} requests in {', '.join(few)}: their "
                   "percentiles vary from run to run; compare longer runs.", highlight=False)
-    for line in [*differences(*docs), *(f"not compared: {c}" for c in unmatched(*docs))]:
+    for line in remarks:
         out.print(f"note: {line}", highlight=False, markup=False)
     regressed = [c for c in changes if c.regressed]
     if regressed:
@@ -390,7 +430,7 @@ def locustfile(target: str, output: str | None, models: tuple[str, ...], host: s
 
     try:
         chosen = pick(_describe(target), list(models))
-        bodies = _payloads(payloads, chosen)
+        bodies = _payloads(read_payloads(payloads), chosen)
         _checked(target, chosen, bodies)
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
@@ -420,7 +460,7 @@ def wrk_script_command(target: str, model: str, output: str | None,
 
     try:
         chosen = pick(_describe(target), [model])
-        bodies = _payloads((payloads,) if payloads else (), chosen)
+        bodies = _payloads(read_payloads((payloads,) if payloads else ()), chosen)
         _checked(target, chosen, bodies)
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
