@@ -4,6 +4,7 @@ built-in generator: the numbers the report shows agree with what the server coun
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_builtin_generator_counts_what_the_server_counts(tmp_path: Path) -> None
     generator counted, the server counted too (its /metrics), and nothing else."""
     out = tmp_path / "out.json"
     done = bench(QUICKSTART, "-m", "iris", "-c", "1,8", "--generator", "builtin",
-                 "--json", str(out), *SHORT, cwd=tmp_path)
+                 "--json", str(out), "-d", "2s", "--warmup", "0.5s", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     doc = json.loads(out.read_text())
     assert doc["format"] == "corral-bench/1" and doc["target"]["kind"] == "app"
@@ -79,6 +80,8 @@ def test_builtin_generator_counts_what_the_server_counts(tmp_path: Path) -> None
     # The table printed per level, and the server was stopped (nothing left listening).
     assert "iris" in done.stdout and "1 conn " in done.stdout and "8 conns" in done.stdout
     assert "Load generator: built-in" in done.stdout
+    # The progress bar (on standard error) showed each level with the generator's live count.
+    assert re.search(r"iris · 8 conns .* [\d,]+ req/s, 0 failed", done.stderr), done.stderr
     port = int(doc["target"]["url"].rsplit(":", 1)[1])
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)

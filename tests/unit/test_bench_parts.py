@@ -67,6 +67,18 @@ def test_compare_flags_each_kind_of_regression() -> None:
     assert not any(c.regressed for c in compare(old, old, threshold=0.0))
 
 
+def test_one_rule_for_levels_and_failures() -> None:
+    """The table, the report, the generators and --compare share these two rules."""
+    from corral.bench.generators import Level
+    from corral.bench.results import failures, level_label
+
+    assert [Level(concurrency=1).label, Level(concurrency=16).label, Level(rate=2.5).label] \
+        == ["1 conn", "16 conns", "2.5/s"]
+    assert level_label({"mode": "closed", "concurrency": 1, "rate": None}) == "1 conn"
+    assert failures({"200": 5, "304": 1, "422": 2, "503": 0}, {"timeout": 3, "read": 0}) \
+        == {"422": 2, "timeout": 3}
+
+
 def test_check_format_names_the_file() -> None:
     from corral.bench.results import check_format
 

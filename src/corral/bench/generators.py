@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from . import loadgen
 from .loadgen import LoadSpec, parse_result, spec_json
-from .results import summarize_latencies
+from .results import client_run, describe_level, summarize_latencies
 from .target import GeneratorError, ModelTarget
 from .wrk import run_wrk, wrk_script
 
@@ -42,6 +42,10 @@ class Level:
     @property
     def mode(self) -> str:
         return "open" if self.rate else "closed"
+
+    @property
+    def label(self) -> str:
+        return describe_level(self.concurrency, self.rate)
 
 
 def children_cpu() -> float:
@@ -77,22 +81,11 @@ def _wrk(base_url: str, model: ModelTarget, bodies: list[bytes], level: Level,
     lat = w["latency_us"]
     pcts = [[float(p), us / 1000] for p, us in lat["percentiles"]]
     by_p = dict((p, ms) for p, ms in pcts)
-    requests = sum(w["statuses"].values())
-    e = w["errors"]
-    socket_errors = {k: e[k] for k in ("connect", "read", "write", "timeout")}
-    return {
-        "duration_s": w["duration_us"] / 1e6, "requests": requests,
-        "rps": requests / (w["duration_us"] / 1e6) if w["duration_us"] else 0.0,
-        "latency_ms": {"mean": lat["mean"] / 1000, "p50": by_p.get(50.0),
-                       "p90": by_p.get(90.0), "p99": by_p.get(99.0),
-                       "p999": by_p.get(99.9), "max": lat["max"] / 1000} if requests else {},
-        "percentiles": pcts if requests else [],
-        "statuses": dict(sorted(w["statuses"].items())),
-        "socket_errors": socket_errors,
-        "errors": sum(n for s, n in w["statuses"].items() if int(s) >= 400)
-        + sum(socket_errors.values()),
-        "sent_rate": None, "send_lag_p99_ms": None, "kept_rate": None,
-    }
+    latency = {"mean": lat["mean"] / 1000, "p50": by_p[50.0], "p90": by_p[90.0],
+               "p99": by_p[99.0], "p999": by_p[99.9], "max": lat["max"] / 1000}
+    # wrk's "status" error is its count of answers >= 400, already in statuses.
+    return client_run(sum(w["statuses"].values()), w["duration_us"] / 1e6, latency, pcts,
+                      w["statuses"], {k: n for k, n in w["errors"].items() if k != "status"})
 
 
 def _builtin(base_url: str, model: ModelTarget, bodies: list[bytes], level: Level,
@@ -142,20 +135,9 @@ def _builtin(base_url: str, model: ModelTarget, bodies: list[bytes], level: Leve
     # Requests that never got an answer count in the percentiles with the time until
     # the generator gave up on them (open loop), not as if they had never been due.
     latency, pcts = summarize_latencies(r.latencies + r.unanswered)
-    requests = len(r.latencies)
-    run: dict[str, Any] = {
-        "duration_s": r.elapsed, "requests": requests,
-        "rps": requests / r.elapsed if r.elapsed else 0.0,
-        "latency_ms": latency, "percentiles": pcts,
-        "statuses": dict(sorted(r.statuses.items())),
-        "socket_errors": {k: r.socket_errors.get(k, 0)
-                          for k in ("connect", "read", "write", "timeout")},
-        "errors": sum(n for s, n in r.statuses.items() if int(s) >= 400)
-        + sum(r.socket_errors.values()),
-        "sent_rate": None, "send_lag_p99_ms": None, "kept_rate": None,
-        "generator_cores": round(r.cpu_s / r.elapsed, 3) if r.elapsed else None,
-        "reopened": r.reopened,
-    }
+    run = client_run(len(r.latencies), r.elapsed, latency, pcts, r.statuses, r.socket_errors)
+    run["generator_cores"] = round(r.cpu_s / r.elapsed, 3) if r.elapsed else None
+    run["reopened"] = r.reopened
     if level.rate:
         lag = sorted(r.send_lag)
         lag_p99 = lag[min(len(lag) - 1, int(len(lag) * 0.99))] if lag else 0.0

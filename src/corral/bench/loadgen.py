@@ -322,6 +322,15 @@ class LoadGenerator:
             sys.stderr.flush()
 
 
+def spec_json(spec: LoadSpec) -> str:
+    return json.dumps(asdict(spec))
+
+
+def parse_result(raw: str) -> LoadResult:
+    data: dict[str, Any] = json.loads(raw)
+    return LoadResult(**data)
+
+
 def main() -> None:
     import resource
 
@@ -335,12 +344,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def spec_json(spec: LoadSpec) -> str:
-    return json.dumps(asdict(spec))
-
-
-def parse_result(raw: str) -> LoadResult:
-    data: dict[str, Any] = json.loads(raw)
-    return LoadResult(**data)

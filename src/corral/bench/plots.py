@@ -20,7 +20,7 @@ import re
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from .results import level_label
+from .results import failures, level_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -204,12 +204,12 @@ def batch_sizes(runs: list[dict[str, Any]]) -> str | None:
 
 
 def error_counts(run: dict[str, Any]) -> dict[str, int]:
-    """A run's failures by kind: each non-2xx status, and each kind of socket error."""
-    counts = {status: int(num(n)) for status, n in (run.get("statuses") or {}).items()
-              if not str(status).startswith("2") and num(n) > 0}
-    counts |= {kind: int(num(n)) for kind, n in (run.get("socket_errors") or {}).items()
-               if num(n) > 0}
-    return counts
+    """A run's failures by kind (see results.failures), skipping counts that are not
+    numbers in a hand-edited document."""
+    def counts(part: str) -> dict[str, Any]:
+        return {k: n for k, n in (run.get(part) or {}).items() if num(n) > 0}
+
+    return failures(counts("statuses"), counts("socket_errors"))
 
 
 def errors(runs: list[dict[str, Any]]) -> str | None:

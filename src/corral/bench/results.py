@@ -82,11 +82,42 @@ def summarize_latencies(seconds: list[float]) -> tuple[dict[str, float], list[li
     return summary, [[p, percentile(ordered, p)] for p in PERCENT_POINTS]
 
 
+def describe_level(concurrency: int | None, rate: float | None) -> str:
+    """How a level reads: ``1 conn``, ``16 conns`` or ``200/s``."""
+    if rate:
+        return f"{rate:g}/s"
+    return f"{concurrency} conn" + ("s" if concurrency != 1 else "")
+
+
 def level_label(run: dict[str, Any]) -> str:
-    """How a run's level reads in a table: ``1 conn``, ``16 conns`` or ``200/s``."""
-    if run.get("mode") == "open":
-        return f"{run['rate']:g}/s"
-    return f"{run['concurrency']} conn" + ("s" if run["concurrency"] != 1 else "")
+    """How a run's level reads in a table (see :func:`describe_level`)."""
+    return describe_level(run.get("concurrency"), run.get("rate") if run.get("mode") == "open"
+                          else None)
+
+
+def failures(statuses: dict[str, Any], socket_errors: dict[str, Any]) -> dict[str, int]:
+    """Failed requests by kind: each status of 400 or more, and each kind of socket
+    error, with their counts (kinds that did not happen left out)."""
+    out = {s: int(n) for s, n in statuses.items()
+           if str(s).isdigit() and int(s) >= 400 and n}
+    out |= {kind: int(n) for kind, n in socket_errors.items() if n}
+    return out
+
+
+def client_run(requests: int, duration_s: float, latency_ms: dict[str, float],
+               percentiles: list[list[float]], statuses: dict[str, int],
+               socket_errors: dict[str, int]) -> dict[str, Any]:
+    """The client's half of a run (see the module's docstring), whichever generator ran."""
+    errors = {k: socket_errors.get(k, 0) for k in ("connect", "read", "write", "timeout")}
+    return {
+        "duration_s": duration_s, "requests": requests,
+        "rps": requests / duration_s if duration_s else 0.0,
+        "latency_ms": latency_ms if requests else {},
+        "percentiles": percentiles if requests else [],
+        "statuses": dict(sorted(statuses.items())), "socket_errors": errors,
+        "errors": sum(failures(statuses, errors).values()),
+        "sent_rate": None, "send_lag_p99_ms": None, "kept_rate": None,
+    }
 
 
 def error_rate(run: dict[str, Any]) -> float:

@@ -9,16 +9,15 @@ import math
 import os
 import platform
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from .generators import Level, Progress, run_level
-from .results import FORMAT, level_label
+from .results import FORMAT, error_rate, level_label
 from .scrape import read_metrics, requests_by_status, server_side
-from .target import LocalServer, ModelTarget, TargetError
+from .target import LocalServer, ModelTarget, TargetError, fetch
 
 # A level's runs count only once the server has answered everything the generator sent:
 # /metrics is read until the model's request count stops moving, for at most this long.
@@ -58,12 +57,15 @@ class Display:
         self.quiet = quiet
         if quiet:
             return
+        from rich.console import Console
         from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
+        # On standard error: standard output keeps the tables, for a file or a pipe.
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
                             TextColumn("{task.fields[live]}"), TimeElapsedColumn(),
-                            TimeRemainingColumn(), transient=False)
+                            TimeRemainingColumn(), transient=False,
+                            console=Console(stderr=True))
         self.task = self.bar.add_task("starting", total=max(total_s, 1), live="")
 
     def __enter__(self) -> Display:
@@ -144,14 +146,12 @@ def run_plan(plan: Plan, base_url: str, server: LocalServer | None,
 def _measure(plan: Plan, base_url: str, server: LocalServer | None, model: ModelTarget,
              bodies: list[bytes], level: Level, display: Display) -> dict[str, Any]:
     """Warm up, then one measured run with the server's counts around it."""
-    label = f"{model.name} · " + (f"{level.rate:g}/s" if level.rate
-                                  else f"{level.concurrency} conns")
+    label = f"{model.name} · {level.label}"
     if plan.warmup > 0:
         with display.step(f"{label} (warm-up)", plan.warmup) as progress:
             run_level(plan.generator, base_url, model, bodies, level, plan.warmup,
                       plan.timeout, plan.max_connections, progress)
-        _settle(base_url, model.name)
-    before = read_metrics(base_url)
+    before = _settle(base_url, model.name)  # nothing earlier still in flight counts
     cpu0 = server.cpu_seconds() if server else 0.0
     with display.step(label, plan.duration) as progress:
         run = run_level(plan.generator, base_url, model, bodies, level, plan.duration,
@@ -223,12 +223,11 @@ def probe_concurrency(plan: Plan) -> int:
 
 
 def meets(run: dict[str, Any], slo_p99_ms: float) -> bool:
-    p99 = run["latency_ms"].get("p99")
-    total = run["requests"] + sum(run["socket_errors"].values())
     # The rate must have been offered (sent in time); how late each send was is already
     # in its latency, which counts from when it was due.
+    p99 = run["latency_ms"].get("p99")
     return (p99 is not None and p99 <= slo_p99_ms and run.get("sent_share", 0) >= 0.99
-            and total > 0 and run["errors"] <= MAX_ERROR_SHARE * total)
+            and run["requests"] > 0 and error_rate(run) <= MAX_ERROR_SHARE)
 
 
 def notes(doc: dict[str, Any], plan: Plan) -> list[str]:
@@ -319,18 +318,11 @@ def preflight(base_url: str, model: ModelTarget, bodies: list[bytes],
     """Each body once: every one must be answered 2xx, else a TargetError quoting the
     answer (a bench of 422s would measure nothing)."""
     for body in bodies:
-        req = urllib.request.Request(base_url.rstrip("/") + model.predict_path, data=body,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
-                resp.read()
-        except urllib.error.HTTPError as exc:
-            answer = exc.read()[:400].decode("utf-8", "replace")
+        status, answer = fetch(base_url.rstrip("/") + model.predict_path, timeout, body)
+        if not 200 <= status < 300:
             raise TargetError(
-                f"Model {model.name!r} refused a payload with {exc.code}: {answer}\n"
+                f"Model {model.name!r} refused a payload with {status}: "
+                f"{answer[:400].decode('utf-8', 'replace')}\n"
                 f"Payload: {body[:200].decode('utf-8', 'replace')}\nGive real inputs "
-                f"with --payloads {model.name}=FILE.jsonl.") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise TargetError(f"{base_url} did not answer a predict request for "
-                              f"{model.name!r}: {getattr(exc, 'reason', exc)}.") from None
+                f"with --payloads {model.name}=FILE.jsonl.")
 

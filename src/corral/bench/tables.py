@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from .results import Change, level_label
+from .results import Change, failures, level_label
 
 
 def _ms(value: float | None) -> str:
@@ -18,9 +18,8 @@ def _ms(value: float | None) -> str:
 
 def errors_text(run: dict[str, Any]) -> str:
     """Failures by kind: ``503×12 timeout×3``, or ``0``."""
-    parts = [f"{s}×{n}" for s, n in run.get("statuses", {}).items() if int(s) >= 400]
-    parts += [f"{k}×{n}" for k, n in run.get("socket_errors", {}).items() if n]
-    return " ".join(parts) or "0"
+    found = failures(run.get("statuses", {}), run.get("socket_errors", {}))
+    return " ".join(f"{kind}×{n}" for kind, n in found.items()) or "0"
 
 
 def model_table(model: str, runs: list[dict[str, Any]]) -> Table:

@@ -63,10 +63,13 @@ def is_url(target: str) -> bool:
     return target.startswith(("http://", "https://"))
 
 
-def fetch(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
-    """GET ``url``: (status, body). Raises :class:`TargetError` when nothing answers."""
+def fetch(url: str, timeout: float = 10.0, body: bytes | None = None) -> tuple[int, bytes]:
+    """GET ``url``, or POST a JSON ``body`` to it: (status, body). Raises
+    :class:`TargetError` when nothing answers."""
+    req = urllib.request.Request(url, data=body,
+                                 headers={"Content-Type": "application/json"} if body else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (http only)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (http only)
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
