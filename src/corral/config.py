@@ -34,6 +34,10 @@ class ModelOverrides(BaseModel):
         None, ge=1, description="Inputs a replica computes before it is replaced by a fresh "
         "one (finishing its batch first); unset: never.",
     )
+    placement: Literal["process", "inline"] | None = Field(
+        None, description='Where replicas run: "process" (their own processes) or "inline" '
+        "(inside each HTTP worker).",
+    )
 
 
 class Settings(BaseSettings):
@@ -96,6 +100,11 @@ class Settings(BaseSettings):
     warm_up: bool = Field(
         True, description="Call each replica's predict() once, with an input built from the "
         "schema's examples, after load() and before it reports ready.",
+    )
+    inline_memory_warn_mb: int = Field(
+        256, ge=1, description="Under corral serve, an HTTP worker logs a warning when its "
+        "inline models have grown it by more than this many MiB (each worker holds its own "
+        "copies).",
     )
     ready_with_failed_models: bool = Field(
         False, description="/readyz answers 200 while some models have failed to load, if every "

@@ -112,6 +112,14 @@ class JobFinished(CorralError):
     title = "Job already finished"
 
 
+class ModelInline(CorralError):
+    """An inline model runs inside every HTTP worker: the admin API cannot manage it."""
+
+    status = 409
+    type = "model-inline"
+    title = "Model runs inline"
+
+
 class MethodNotAllowed(CorralError):
     """The path exists but not for this HTTP method."""
 
@@ -289,7 +297,7 @@ _BY_TYPE: dict[str, type[CorralError]] = {
     cls.type: cls
     for cls in (
         InvalidJSON, Unauthorized, Forbidden, NotFound, ModelNotFound, VersionNotFound,
-        JobNotFound, JobFinished, IdempotencyKeyReused, MethodNotAllowed,
+        JobNotFound, JobFinished, IdempotencyKeyReused, ModelInline, MethodNotAllowed,
         PayloadTooLarge, UnsupportedMediaType, InvalidInput, ModelError, InternalError,
         WorkerCrashed, ClientClosedRequest, Overloaded, JobStoreUnavailable, ModelLoading,
         ModelFailed,

@@ -72,6 +72,14 @@ class Model:
     (``predict`` raised for them alone): ``False`` (default), the request fails with the
     first failed input's error, its index in ``loc`` and ``item``; ``True``, a 200 whose
     array holds each failed input's problem document in its place.
+    ``placement``: where replicas run: ``"process"`` (default), each replica a process of
+    its own that every HTTP worker sends requests to, batched across all of them; or
+    ``"inline"``, for cheap models whose memory is small: under ``corral serve`` each HTTP
+    worker loads its own ``replicas`` copies after the fork and computes in its own
+    threads, with no hop to another process (same validation, errors, metrics and API;
+    batches form within one worker; a crash in ``predict`` takes the worker down with it,
+    and Gunicorn starts a new one). ``corral worker`` has no HTTP workers and runs every
+    model in processes.
     ``devices``: where replicas run, e.g. ``["cuda:0", "cuda:1"]`` or ``["cpu"]``;
     replica *i* gets ``devices[i % len(devices)]``. Under ``corral serve`` that device is
     the only one the replica's process can see (``CUDA_VISIBLE_DEVICES`` and
@@ -91,6 +99,7 @@ class Model:
     per_item_errors: ClassVar[bool] = False
     max_requests: ClassVar[int | None] = None
     devices: ClassVar[Sequence[str] | None] = None
+    placement: ClassVar[str] = "process"
 
     #: Set on each instance before load(): "cpu", or "cuda" when a GPU was assigned.
     device: str = "cpu"

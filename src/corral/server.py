@@ -57,7 +57,8 @@ class Server:
         """The Flask app. With no engine given, models run in this process, unless
         ``runtime_dir`` (or ``settings.runtime_dir``) names the runtime directory of a
         running process tree (``corral serve --runtime-dir``): then requests go to its
-        dispatcher, and jobs to its jobs process."""
+        dispatcher, and jobs to its jobs process, except for inline models
+        (``placement = "inline"``), which this process loads and runs itself."""
         from .api.app import create_app
         from .jobs.backend import open_service
 
@@ -75,6 +76,13 @@ class Server:
                 from .process.client import DispatcherEngine
 
                 engine = DispatcherEngine(runtime)
+            inline = [spec for spec in catalog if spec.inline]
+            if inline:  # these run here, in each HTTP worker; the tree has no replica of them
+                from .placement import PlacedEngine
+
+                engine = PlacedEngine(engine, inline, stall_grace=settings.stall_grace,
+                                      warm_up=settings.warm_up,
+                                      memory_warn_mb=settings.inline_memory_warn_mb)
         elif engine is None:
             from .inprocess.engine import InProcessEngine
 

@@ -197,3 +197,32 @@ def test_devices_from_class_and_settings(monkeypatch: pytest.MonkeyPatch) -> Non
     assert model_device("2") == "cuda"
     with pytest.raises(StartupError, match="not one of"):
         build_spec(DeviceModel, Settings(models={"device": {"devices": ["tpu"]}}))
+
+
+def test_placement_from_class_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    class InlineSum(SumModel):
+        name = "inline-sum"
+        placement = "inline"
+
+    assert build_spec(SumModel, Settings()).placement == "process"
+    assert build_spec(InlineSum, Settings()).inline
+    monkeypatch.setenv("CORRAL_MODELS__INLINE_SUM__PLACEMENT", "process")
+    assert build_spec(InlineSum, Settings()).placement == "process"
+    monkeypatch.setenv("CORRAL_MODELS__INLINE_SUM__PLACEMENT", "inlined")
+    with pytest.raises(ValueError, match="inline"):
+        Settings()
+
+
+def test_bad_placements_are_refused_with_the_choices() -> None:
+    class Elsewhere(SumModel):
+        placement = "remote"
+
+    with pytest.raises(StartupError, match='"process".*"inline".*not \'remote\''):
+        build_spec(Elsewhere, Settings())
+
+    class InlineGpu(SumModel):
+        placement = "inline"
+        devices = ["cuda:0"]
+
+    with pytest.raises(StartupError, match="cannot each own a GPU"):
+        build_spec(InlineGpu, Settings())

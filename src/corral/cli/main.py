@@ -142,7 +142,8 @@ def worker(app: str, **flags: Any) -> None:
     _check_jobs(settings)
     from .serve import serve_supervised
 
-    serve_supervised(app, server, settings, http=False, jobs=True)
+    # No HTTP workers here: inline models run in replica processes like the rest.
+    serve_supervised(app, server, settings, http=False, jobs=True, inline=False)
 
 
 def _check_jobs(settings: Settings) -> None:

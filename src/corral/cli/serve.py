@@ -17,15 +17,16 @@ logger = logging.getLogger(__name__)
 
 
 def serve_supervised(target: str, server: Server, settings: Settings, http: bool = True,
-                     jobs: bool = True) -> None:
+                     jobs: bool = True, inline: bool = True) -> None:
     """Gunicorn (unless ``http`` is false), the dispatcher, the replicas and the jobs
-    process (if ``jobs``), under one supervisor."""
+    process (if ``jobs``), under one supervisor. Inline models get no replica process
+    unless ``inline`` is false (no HTTP worker will run them)."""
     from ..errors import StartupError
     from ..process.supervisor import Supervisor
 
     try:
         supervisor = Supervisor(target, settings, server.catalog(settings), http=http,
-                                jobs=jobs)
+                                jobs=jobs, inline=inline)
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(supervisor.run())

@@ -112,8 +112,10 @@ class InProcessEngine(Engine):
     """Every model version loaded in this process, dispatched by the shared core."""
 
     def __init__(self, specs: Iterable[ModelSpec], stall_grace: float = 30.0,
-                 warm_up: bool = True) -> None:
+                 warm_up: bool = True, on_loaded: Callable[[], None] | None = None) -> None:
+        """``on_loaded`` is called (in the replica's thread) after each replica loads."""
         self._specs = {str(s.key): s for s in specs}
+        self._on_loaded = on_loaded
         self._stall_grace = stall_grace
         self._warm_up = warm_up
         self._pid: int | None = None
@@ -284,6 +286,8 @@ class InProcessEngine(Engine):
         metrics.MODEL_LOAD.labels(spec.name).set(time.monotonic() - started)
         logger.info("model %s replica %d loaded in %.2fs", spec.key, index,
                     time.monotonic() - started)
+        if self._on_loaded is not None:
+            self._on_loaded()
         with self._cond:
             self._core.handle(peer, Hello(model=key, replica=index, pid=os.getpid(),
                                           state="ready"))

@@ -20,7 +20,7 @@ from ..config import Settings
 from ..engine import Engine, Input
 from ..errors import StartupError
 from ..registry.spec import ModelKey
-from .records import JobStore
+from .records import JobRecord, JobStore
 from .runner import RunnerSettings
 from .sqlite import SQLiteJobStore
 
@@ -88,23 +88,27 @@ def runner_settings(settings: Settings, slice_size: dict[str, int],
 def open_service(settings: Settings, engine: Engine, catalog: Catalog,
                  wake_path: str | None) -> JobService:
     """The JobService of an HTTP worker. ``wake_path`` is the jobs process's wake-up socket
-    when a process tree runs the jobs; None runs them in this process."""
+    when a process tree runs the jobs; None runs them in this process. Either way, jobs of
+    models this process computes itself (every model in-process; inline models under
+    ``corral serve``) are run by a loop of this process."""
     from .service import JobService
 
     store = open_store(settings)
-    if settings.broker_url:
+    if settings.broker_url:  # corral worker computes every model, inline ones included
         from .celery_backend import sender
 
         return JobService(store, sender(settings))
-    if wake_path is not None:
+    local = [spec for spec in catalog if wake_path is None or spec.inline]
+    if not local:
         from .embedded import wake
 
+        assert wake_path is not None
         return JobService(store, lambda job: wake(wake_path))
 
-    from .embedded import EmbeddedLoop, Wakeup
+    from .embedded import EmbeddedLoop, Wakeup, wake
     from .runner import JobRunner, runner_id
 
-    sizes = {str(spec.key): spec.batching.max_size for spec in catalog}
+    sizes = {str(spec.key): spec.batching.max_size for spec in local}
     wakeup = Wakeup()
 
     def start_runner() -> None:
@@ -114,4 +118,10 @@ def open_service(settings: Settings, engine: Engine, catalog: Catalog,
         loop = EmbeddedLoop(store, runner, settings.job_concurrency, wakeup, frozenset(sizes))
         threading.Thread(target=loop.run, name="corral-jobs", daemon=True).start()
 
-    return JobService(store, lambda job: wakeup.set(), start_runner)
+    def send(job: JobRecord) -> None:
+        if job.key in sizes:
+            wakeup.set()
+        elif wake_path is not None:
+            wake(wake_path)
+
+    return JobService(store, send, start_runner)

@@ -21,6 +21,7 @@ from ..api.problems import compact_json
 from ..config import Settings
 from ..engine import Engine
 from ..log import configure_logging
+from ..placement import PlacedEngine
 from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,13 @@ def _engine_of(app: Flask) -> Engine:
 def _post_worker_init(worker: Any) -> None:
     # After the fork and, for gevent, after monkey-patching.
     warn_heavy_imports(f"HTTP worker {worker.pid}")
-    _engine_of(worker.wsgi).start()
+    engine = _engine_of(worker.wsgi)
+    engine.start()
+    if isinstance(engine, PlacedEngine):
+        # This worker's own inline models: loaded before it takes requests, within
+        # Gunicorn's worker timeout (the arbiter kills a worker silent for that long).
+        engine.wait_loaded(worker.cfg.timeout / 2)
+    worker.wsgi.extensions["corral.jobs"].start()  # jobs of inline models waiting, if any
 
 
 def _child_exit(server: Any, worker: Any) -> None:

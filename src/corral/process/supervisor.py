@@ -91,12 +91,16 @@ class Supervisor:
     """Starts, watches and stops the server's processes."""
 
     def __init__(self, target: str, settings: Settings, catalog: Catalog,
-                 http: bool = True, jobs: bool = True) -> None:
+                 http: bool = True, jobs: bool = True, inline: bool = True) -> None:
+        """``inline``: the HTTP workers that use this tree (its own, or a WSGI server's
+        started with CORRAL_RUNTIME_DIR) run the inline models themselves; false for
+        ``corral worker``, which has no HTTP workers and runs every model here."""
         self.settings = settings
         self.catalog = catalog
         self.runtime = Runtime.create(settings)
         self.runtime.write_plan(target, settings)
-        self.models = {str(spec.key): ModelEntry.of(spec) for spec in catalog}
+        self.models = {str(spec.key): ModelEntry.of(spec) for spec in catalog
+                       if not (inline and spec.inline)}
         self.runtime.write_models(list(self.models.values()))
         self.children: list[Child] = []
         self._stopping = False

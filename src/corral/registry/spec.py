@@ -16,6 +16,7 @@ from ..model import NO_BATCHING, Batching, Model
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda|gpu|cuda:\d+|gpu:\d+|\d+)$")
+PLACEMENTS = ("process", "inline")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -45,6 +46,11 @@ class ModelSpec:
     devices: tuple[str, ...] = ()
     per_item_errors: bool = False
     max_requests: int | None = None
+    placement: str = "process"  # or "inline": in each HTTP worker of corral serve
+
+    @property
+    def inline(self) -> bool:
+        return self.placement == "inline"
 
     def device_for(self, replica: int) -> str | None:
         """The device replica ``replica`` runs on, or None when the model names none."""
@@ -111,6 +117,17 @@ def build_spec(cls: type[Model], settings: Settings) -> ModelSpec:
             raise StartupError(
                 f"{where}: device {device!r} is not one of 'cpu', 'cuda', 'cuda:N' or 'N'."
             )
+    placement = overrides.placement or cls.placement
+    if placement not in PLACEMENTS:
+        raise StartupError(
+            f"{where}: placement must be \"process\" (replicas in processes of their own) or "
+            f"\"inline\" (inside each HTTP worker), not {placement!r}."
+        )
+    if placement == "inline" and devices and any(d != "cpu" for d in devices):
+        raise StartupError(
+            f"{where}: an inline model runs inside every HTTP worker, which cannot each own a "
+            f"GPU; use placement = \"process\" for devices {list(devices)}."
+        )
     if not isinstance(replicas, int) or replicas < 1:
         raise StartupError(f"{where}: replicas must be a positive integer, not {replicas!r}.")
 
@@ -127,6 +144,7 @@ def build_spec(cls: type[Model], settings: Settings) -> ModelSpec:
         devices=devices,
         per_item_errors=bool(cls.per_item_errors),
         max_requests=overrides.max_requests or cls.max_requests,
+        placement=placement,
     )
 
 

@@ -174,11 +174,12 @@ def _add_admin(document: dict[str, Any], catalog: Catalog, accepted: dict[str, A
          "no longer wanted finish their batch first.", replicas),
     )
     for name in catalog.names():
-        targets = [(f"/v1/models/{name}", f"{_ident(name)}", f"{name} (default version)")]
+        targets = [(f"/v1/models/{name}", f"{_ident(name)}", f"{name} (default version)",
+                    catalog.resolve(name))]
         targets += [(f"/v1/models/{name}/versions/{v.version}",
-                     f"{_ident(name)}_v{_ident(v.version)}", f"{name} version {v.version}")
+                     f"{_ident(name)}_v{_ident(v.version)}", f"{name} version {v.version}", v)
                     for v in catalog.versions(name)]
-        for prefix, ident, label in targets:
+        for prefix, ident, label, spec in targets:
             for action, method, verb, description, body in ops:
                 statuses = (401, 403) + ((400, 413, 415, 422) if body else ())
                 op: dict[str, Any] = {
@@ -189,6 +190,10 @@ def _add_admin(document: dict[str, Any], catalog: Catalog, accepted: dict[str, A
                                                accepted),
                                   **{str(s): _problem(s) for s in statuses}},
                 }
+                if spec.inline:
+                    op["responses"]["409"] = _problem(409, only=(
+                        "The model runs inline, in every HTTP worker: it cannot be managed "
+                        "at run time.", ["model-inline"]))
                 if body:
                     op["requestBody"] = {"required": True, "content": {"application/json": {
                         "schema": body, "example": {"replicas": 2}}}}
@@ -237,6 +242,10 @@ _EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
                      "OSError; the server log has the details under error id 5d0c2b7e9a114f38."}),
     "model-unloaded": ("Model unloaded", {"detail": "Model iris:1 is unloaded; an administrator "
                        "can load it."}),
+    "model-inline": ("Model runs inline", {"detail": "Model iris:1 runs inline, inside every "
+                     "HTTP worker: it is loaded with each worker and cannot be loaded, unloaded "
+                     "or scaled at run time. Declare it with placement = \"process\" to manage "
+                     "it through the admin API."}),
     "timeout": ("Request timed out", {"detail": "Model iris:1 gave no result in time."}),
     "job-store-unavailable": ("Job store unavailable", {"detail": "The job store cannot be "
                               "reached right now; retry shortly.", "retry_after": 2}),
@@ -353,7 +362,11 @@ def _model_examples(spec: ModelSpec, settings: Settings) -> dict[str, tuple[str,
                       "found (error id 5d0c2b7e9a114f38)."}),
         "model-unloaded": ("Model unloaded", {
             "detail": f"Model {key} is unloaded; an administrator can load it."}),
-        "timeout": ("Request timed out", {
+        "model-inline": ("Model runs inline", {"detail": "Model iris:1 runs inline, inside every "
+                     "HTTP worker: it is loaded with each worker and cannot be loaded, unloaded "
+                     "or scaled at run time. Declare it with placement = \"process\" to manage "
+                     "it through the admin API."}),
+    "timeout": ("Request timed out", {
             "detail": f"Model {key} did not start this request before its deadline."}),
     }
     try:
