@@ -467,6 +467,7 @@ class Config:
     kind: str  # naive, corral, ceiling
     replicas: int = 1
     threads: int = 0
+    inline: bool = False  # placement = "inline": the model inside each HTTP worker
 
 
 def configs_for(workload: str, args: argparse.Namespace) -> list[Config]:
@@ -478,6 +479,7 @@ def configs_for(workload: str, args: argparse.Namespace) -> list[Config]:
         out.append(Config("ceiling", "ceiling", 1, args.ceiling_threads))
     else:
         out.append(Config("corral", "corral", 1, 1))
+        out.append(Config("corral inline", "corral", 1, 1, inline=True))
     return out
 
 
@@ -499,8 +501,11 @@ def run_server_config(cfg: Config, workload: str, rnd: int, args: argparse.Names
     if cfg.kind == "naive":
         server = naive_server(label, model, args.naive_workers, args.naive_threads, env, workdir)
     else:
+        extra = dict(args.corral_env)
+        if cfg.inline:
+            extra[f"CORRAL_MODELS__{model.upper()}__PLACEMENT"] = "inline"
         server = corral_server(label, model, args.corral_workers, cfg.replicas,
-                               cfg.threads or 1, env, workdir, args.corral_env)
+                               cfg.threads or 1, env, workdir, extra)
     try:
         server.start(args.start_timeout)
         log(f"{label}: ready in {server.started_s:.1f}s on port {server.port}")

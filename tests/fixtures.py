@@ -206,3 +206,30 @@ class SpanModel(corral.Model):
 
     def predict(self, batch: list[Span]) -> list[Length]:
         return [Length(length=s.length) for s in batch]
+
+
+class Sentence(BaseModel):
+    text: str = Field(min_length=1, max_length=1000, examples=["a short one"])
+    delay: float = Field(0.0, ge=0, le=5)
+
+
+class Count(BaseModel):
+    words: int
+
+
+class SizedModel(corral.Model):
+    """Counts words; sizes each input by its words, and records each batch's sizes."""
+
+    batching = corral.Batching(max_size=8, max_wait_ms=20, timeout=10)
+    batches: list[list[int]] = []
+
+    @staticmethod
+    def input_size(item: Sentence) -> float:
+        if item.text == "unsizable":
+            raise ValueError("secret internal detail: cannot size")
+        return len(item.text.split())
+
+    def predict(self, batch: list[Sentence]) -> list[Count]:
+        type(self).batches.append([len(x.text.split()) for x in batch])
+        time.sleep(max(x.delay for x in batch))
+        return [Count(words=len(x.text.split())) for x in batch]

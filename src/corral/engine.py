@@ -89,10 +89,11 @@ class Engine(ABC):
 
     @abstractmethod
     def submit(self, key: ModelKey, inputs: list[Input], deadline: float,
-               lane: Lane = "live", request_id: str = "") -> Handle:
+               lane: Lane = "live", request_id: str = "", size: float | None = None) -> Handle:
         """Queue validated inputs; raise Overloaded, ModelLoading, ModelFailed or
         ModelUnloaded at once if refused. ``background`` work (jobs) ranks below live;
-        ``request_id`` tags the log lines of the batches that compute it."""
+        ``request_id`` tags the log lines of the batches that compute it; ``size`` is
+        the largest ``input_size()`` of the inputs, for models that declare one."""
 
     @abstractmethod
     def status(self, key: ModelKey) -> ModelStatus:

@@ -18,7 +18,7 @@ Lifecycle of a :class:`Model` subclass:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 
@@ -31,12 +31,16 @@ class Batching:
     busy elsewhere; when no replica is busy a batch goes at once.
     ``max_queue``: most inputs waiting; beyond it requests get 503 ``overloaded``.
     ``timeout``: seconds a request may wait for its result before a 504.
+    ``size_ratio``: for models that declare :meth:`Model.input_size`, how far apart the
+    sizes in one batch may be: the largest at most ``size_ratio`` times the smallest
+    (the oldest request always goes; the others are picked nearest to its size first).
     """
 
     max_size: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 2048
     timeout: float = 30.0
+    size_ratio: float = 2.0
 
     def __post_init__(self) -> None:
         if self.max_size < 1:
@@ -47,6 +51,8 @@ class Batching:
             raise ValueError(f"Batching.max_queue must be at least 1, not {self.max_queue}.")
         if self.timeout <= 0:
             raise ValueError(f"Batching.timeout must be > 0, not {self.timeout}.")
+        if not self.size_ratio >= 1:  # also refuses NaN
+            raise ValueError(f"Batching.size_ratio must be >= 1, not {self.size_ratio}.")
 
 
 # Used for models that declare no batching: one input per call, same admission rules.
@@ -106,6 +112,13 @@ class Model:
 
     def load(self) -> None:
         """Load weights and warm up. Runs once per replica, before any predict."""
+
+    #: Optional, for models whose cost grows with the input (padded sequences): a
+    #: ``@staticmethod`` ``input_size(item) -> float`` giving one validated input's size,
+    #: e.g. its number of words. It runs in the HTTP worker, without ``load()``, so it must
+    #: be cheap and use only the input. Batches then group requests of similar size
+    #: (``Batching.size_ratio``) instead of taking them in arrival order alone.
+    input_size: ClassVar[Callable[[Any], float] | None] = None
 
     def predict(self, batch: list[Any]) -> list[Any]:
         """Compute one output per input, in order. Raise InvalidInput to reject an input."""

@@ -122,8 +122,8 @@ class PlacedEngine(Engine):
         self.remote.stop()
 
     def submit(self, key: ModelKey, inputs: list[Input], deadline: float,
-               lane: Lane = "live", request_id: str = "") -> Handle:
-        return self._engine(key).submit(key, inputs, deadline, lane, request_id)
+               lane: Lane = "live", request_id: str = "", size: float | None = None) -> Handle:
+        return self._engine(key).submit(key, inputs, deadline, lane, request_id, size)
 
     def status(self, key: ModelKey) -> ModelStatus:
         return self._engine(key).status(key)

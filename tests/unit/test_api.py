@@ -747,3 +747,35 @@ def test_mounted_under_a_prefix_the_docs_and_document_point_there() -> None:
         assert resp.status_code == 200 and resp.get_json() == {"upper": "MOUNTED"}
     finally:
         corral_app.extensions["corral.engine"].stop()
+
+
+def test_a_model_that_sizes_inputs_gets_batches_of_similar_size() -> None:
+    from tests.fixtures import SizedModel
+
+    app = make_app(SizedModel, warm_up=False)
+    client = app.test_client()
+    SizedModel.batches.clear()
+
+    def send(words: int, delay: float = 0.0) -> None:
+        resp = client.post("/v1/models/sized/predict",
+                           json={"text": " ".join(["w"] * words), "delay": delay})
+        assert resp.status_code == 200 and resp.get_json() == {"words": words}
+
+    busy = threading.Thread(target=send, args=(1, 0.5))
+    busy.start()
+    time.sleep(0.2)  # the replica is busy: what follows queues
+    senders = [threading.Thread(target=send, args=(n,)) for n in (10, 200, 11, 190, 12, 180)]
+    for t in senders:
+        t.start()
+        time.sleep(0.01)
+    for t in [busy, *senders]:
+        t.join(10)
+    assert SizedModel.batches[0] == [1]
+    assert sorted(map(sorted, SizedModel.batches[1:])) == [[10, 11, 12], [180, 190, 200]]
+
+    # A sizing function that raises: a 500 with an error id, nothing leaked, nothing queued.
+    resp = client.post("/v1/models/sized/predict", json={"text": "unsizable"})
+    assert resp.status_code == 500 and resp.get_json()["type"] == "model-error"
+    assert "secret" not in resp.get_data(as_text=True) and resp.get_json()["error_id"]
+    assert len(SizedModel.batches) == 3
+    app.extensions["corral.engine"].stop()

@@ -331,3 +331,69 @@ def test_discard_covers_both_lanes() -> None:
     q.discard(live)  # already fully handed out: nothing to remove
     assert (q.waiting("live"), q.waiting("background"), len(q)) == (0, 0, 0)
     assert not q.ready(busy_replicas=0)
+
+
+# -- batches of similar size (Model.input_size) ---------------------------------------
+
+
+def sized(q: BatchQueue, clock: FakeClock, *sizes: float, n: int = 1,
+          lane: Lane = "live") -> list[Ticket]:
+    tickets = []
+    for size in sizes:
+        t = Ticket([f"s{size}-{i}" for i in range(n)], deadline=clock() + 5, lane=lane,
+                   size=size)
+        q.put(t)
+        tickets.append(t)
+        clock.advance(0.001)
+    return tickets
+
+
+def test_a_sized_batch_groups_similar_sizes_around_the_oldest() -> None:
+    q, clock = make(max_size=8, max_queue=64)
+    t10, t100, t12, t18, t25, t9, t200 = sized(q, clock, 10, 100, 12, 18, 25, 9, 200)
+    first = q.take()
+    # The oldest (10) and those nearest it while largest <= 2 x smallest: 9, 12, 18; not
+    # 25 (25 > 2 x 9). In arrival order.
+    assert [s.ticket for s in first.slices] == [t10, t12, t18, t9]
+    assert [s.ticket for s in q.take().slices] == [t100, t200]  # 200 = 2 x 100: still in
+    assert [s.ticket for s in q.take().slices] == [t25]
+    assert len(q) == 0 and not q.ready(busy_replicas=0)
+
+
+def test_sized_batches_hold_whole_requests_within_max_size() -> None:
+    q, clock = make(max_size=4, max_queue=64)
+    a, b, c, d = sized(q, clock, 10, 11, 12, 13, n=2)
+    assert [s.ticket for s in q.take().slices] == [a, b]
+    assert [s.ticket for s in q.take().slices] == [c, d]
+    # A request larger than a batch is split in order, as without sizes.
+    (big,) = sized(q, clock, 10, n=6)
+    assert [(s.start, s.stop) for s in q.take().slices] == [(0, 4)]
+    assert [(s.start, s.stop) for s in q.take().slices] == [(4, 6)]
+
+
+def test_a_request_of_a_rare_size_waits_only_until_it_is_the_oldest() -> None:
+    q, clock = make(max_size=4, max_queue=64)
+    (first,) = sized(q, clock, 10)
+    (rare,) = sized(q, clock, 500)
+    taken = []
+    for _ in range(6):  # short requests keep arriving faster than batches go
+        sized(q, clock, 10, 10, 10, 10)
+        taken.append([s.ticket for s in q.take().slices])
+    assert first in taken[0] and rare not in taken[0]
+    assert taken[1] == [rare]  # the oldest once the first batch went: it goes, alone
+
+
+def test_background_work_is_not_grouped_and_ranks_as_before() -> None:
+    q, clock = make(max_size=4, max_queue=64, aging=1.0)
+    (job,) = sized(q, clock, 10, n=3, lane="background")
+    clock.advance(2.0)  # aged: ranks ahead of live traffic
+    sized(q, clock, 300)
+    batch = q.take()
+    assert batch.slices[0].ticket is job
+
+
+def test_size_ratio_is_checked() -> None:
+    with pytest.raises(ValueError, match="size_ratio"):
+        Batching(size_ratio=0.5)
+    with pytest.raises(ValueError, match="size_ratio"):
+        Batching(size_ratio=float("nan"))

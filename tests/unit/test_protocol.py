@@ -28,6 +28,7 @@ from corral.transport.protocol import (
 MESSAGES = [
     Submit(id=1, model="iris:1", deadline=12.5, inputs=[b'{"a":1}', b'{"a":2}']),
     Submit(id=1, model="iris:1", deadline=12.5, lane="background", inputs=[b"{}"]),
+    Submit(id=1, model="iris:1", deadline=12.5, size=17.0, inputs=[b"{}"]),
     Cancel(id=2),
     Result(id=4, outputs=[b"{}"]),
     Failure(id=5, error={"type": "timeout", "detail": "late"}),
@@ -66,6 +67,8 @@ def frames(type_code: int, meta: object, *payload: bytes) -> list[bytes]:
     frames(1, {"id": 1, "model": 1, "deadline": 1.0}),
     frames(1, b'{"id": 1, "model": "m:1", "deadline": 1e999}'),  # not a finite number
     frames(2, {"id": True}),
+    frames(1, {"id": 1, "model": "m:1", "deadline": 1.0, "size": -3}),  # sizes are positive
+    frames(1, {"id": 1, "model": "m:1", "deadline": 1.0, "size": "long"}),
     frames(7, {"model": "m:1", "replica": 0, "pid": "123", "state": "ready"}),
     frames(8, {"batch": 1, "groups": ["2"]}),
     frames(9, {"batch": 1, "model": "m:1", "replica": 0, "pid": 1, "outcomes": [1]}),

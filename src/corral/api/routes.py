@@ -99,7 +99,9 @@ class Routes:
         inputs, is_batch = validate_inputs(spec.input_type, body, payload,
                                            min(self.settings.max_items, spec.batching.max_queue))
         g.model = spec.key
-        handle = self.engine.submit(spec.key, inputs, deadline, request_id=g.request_id)
+        size = spec.input_size([i.value for i in inputs]) if spec.size_of else None
+        handle = self.engine.submit(spec.key, inputs, deadline, request_id=g.request_id,
+                                    size=size)
         try:
             outputs = handle.result(deadline - time.monotonic(),
                                     request.environ.get("gunicorn.socket"))

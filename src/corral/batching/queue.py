@@ -34,13 +34,19 @@ decides when a batch goes and what is in it:
 * a batch goes when ``max_size`` inputs are waiting, or when the oldest has waited
   ``max_wait_ms``, or at once when no replica is busy (no needless wait at low
   load: with nothing in flight, waiting only adds latency);
-* expired and cancelled tickets are never handed out, so they are never computed.
+* expired and cancelled tickets are never handed out, so they are never computed;
+* for a model that sizes its inputs (``Model.input_size``), a live batch holds requests
+  of similar size: the oldest request always goes, and others join it nearest in size
+  first, as long as the largest is at most ``size_ratio`` times the smallest. Requests
+  of other sizes wait for a later batch, where they become the oldest in turn, so none
+  waits forever; a padded sequence model then computes less padding per input.
 
 The clock is injected, so tests drive it by hand. Callers provide the locking.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -76,6 +82,8 @@ class Ticket:
     queued: bool = False  # in a lane now (so discarding a ticket that is not costs nothing)
     # The owner's own record of the request (where results go).
     context: Any = None
+    # The largest input_size() of its inputs, for models that declare one.
+    size: float | None = None
 
     @property
     def remaining(self) -> int:
@@ -257,6 +265,10 @@ class BatchQueue:
     def take(self, free_replicas: int = 1) -> Batch:
         """Hand out up to ``max_size`` inputs, by rank. Call when ready() says so, with the
         number of free replicas counting the one that takes the batch."""
+        if self._next_lane() == "live":
+            head = self._lanes["live"][0]
+            if head.size is not None and head.remaining < self.policy.max_size:
+                return self._take_similar(head)
         batch = Batch()
         room = self.policy.max_size
         active = self.live_active()
@@ -294,4 +306,39 @@ class BatchQueue:
                 # the back of its lane, which stays in rank order.
                 ticket.rank_at = self.clock()
                 self._lanes[lane].rotate(-1)
+        return batch
+
+    def _take_similar(self, head: Ticket) -> Batch:
+        """A live batch of whole requests of similar size around the oldest, ``head``."""
+        live = self._lanes["live"]
+        ratio = self.policy.size_ratio
+        room = self.policy.max_size - head.remaining
+        assert head.size is not None
+        low = high = head.size
+        chosen = {head}
+        if room and len(live) > 1:
+            anchor = math.log(head.size)
+            others = sorted((t for t in live if t is not head and t.size is not None),
+                            key=lambda t: abs(math.log(t.size) - anchor))  # type: ignore[arg-type]
+            for ticket in others:
+                size = ticket.size
+                assert size is not None
+                if ticket.remaining > room or max(high, size) > ratio * min(low, size):
+                    continue
+                chosen.add(ticket)
+                low, high = min(low, size), max(high, size)
+                room -= ticket.remaining
+                if not room:
+                    break
+        batch = Batch()
+        kept: deque[Ticket] = deque()
+        for ticket in live:  # in arrival order, within the batch too
+            if ticket not in chosen:
+                kept.append(ticket)
+                continue
+            batch.slices.append(Slice(ticket, ticket.next_index, len(ticket.inputs)))
+            self._waiting["live"] -= ticket.remaining
+            ticket.next_index = len(ticket.inputs)
+            ticket.queued = False
+        self._lanes["live"] = kept
         return batch

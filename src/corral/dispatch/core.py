@@ -312,7 +312,7 @@ class DispatchCore:
             req = _Request(client, msg.id, model.key, [None] * len(msg.inputs),
                            request_id=msg.request_id[:128])
             lane: Lane = "background" if msg.lane == "background" else "live"
-            ticket = Ticket(msg.inputs, msg.deadline, lane=lane, context=req)
+            ticket = Ticket(msg.inputs, msg.deadline, lane=lane, context=req, size=msg.size)
             try:
                 model.queue.put(ticket)
             except Overloaded as exc:

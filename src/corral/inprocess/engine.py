@@ -164,13 +164,13 @@ class InProcessEngine(Engine):
     # -- requests ---------------------------------------------------------------------
 
     def submit(self, key: ModelKey, inputs: list[Input], deadline: float,
-               lane: Lane = "live", request_id: str = "") -> Handle:
+               lane: Lane = "live", request_id: str = "", size: float | None = None) -> Handle:
         self._spec(key)
         with self._cond:
             rid = next(self._ids)
             pending = self._pending[rid] = _Pending(self, key, rid)
             self._core.handle(_CLIENT, Submit(id=rid, model=str(key), deadline=deadline,
-                                              lane=lane, request_id=request_id,
+                                              lane=lane, request_id=request_id, size=size,
                                               inputs=[i.value for i in inputs]))
             self._flush()
         if pending.refused():

@@ -143,11 +143,12 @@ class DispatcherEngine(Engine):
         return channel
 
     def submit(self, key: ModelKey, inputs: list[Input], deadline: float,
-               lane: Lane = "live", request_id: str = "") -> Handle:
+               lane: Lane = "live", request_id: str = "", size: float | None = None) -> Handle:
         channel = self._channel()
         rid = next(self._ids)
         frames = encode(Submit(id=rid, model=str(key), deadline=deadline, lane=lane,
-                               request_id=request_id, inputs=[i.json for i in inputs]))
+                               request_id=request_id, size=size,
+                               inputs=[i.json for i in inputs]))
         try:
             channel.send(frames, rid)
         except SendFailed:

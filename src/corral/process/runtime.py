@@ -51,6 +51,7 @@ class ModelEntry(BaseModel):
     max_wait_ms: float
     max_queue: int
     timeout: float
+    size_ratio: float = 2.0
     declared_replicas: int
     replicas: int  # wanted now; 0: unloaded
     failed: dict[int, str] = Field(default_factory=dict)  # replica index -> why it gave up
@@ -62,13 +63,15 @@ class ModelEntry(BaseModel):
     @property
     def batching(self) -> Batching:
         return Batching(max_size=self.max_size, max_wait_ms=self.max_wait_ms,
-                        max_queue=self.max_queue, timeout=self.timeout)
+                        max_queue=self.max_queue, timeout=self.timeout,
+                        size_ratio=self.size_ratio)
 
     @classmethod
     def of(cls, spec: ModelSpec) -> ModelEntry:
         b = spec.batching
         return cls(name=spec.name, version=spec.version, max_size=b.max_size,
                    max_wait_ms=b.max_wait_ms, max_queue=b.max_queue, timeout=b.timeout,
+                   size_ratio=b.size_ratio,
                    declared_replicas=spec.replicas, replicas=spec.replicas)
 
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import math
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, RootModel
 
 from ..config import Settings
-from ..errors import StartupError
+from ..errors import ModelError, StartupError, new_error_id
 from ..model import NO_BATCHING, Batching, Model
+
+logger = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda|gpu|cuda:\d+|gpu:\d+|\d+)$")
@@ -47,10 +52,32 @@ class ModelSpec:
     per_item_errors: bool = False
     max_requests: int | None = None
     placement: str = "process"  # or "inline": in each HTTP worker of corral serve
+    size_of: Callable[[Any], float] | None = None  # the model's input_size, if declared
 
     @property
     def inline(self) -> bool:
         return self.placement == "inline"
+
+    def input_size(self, values: list[Any]) -> float:
+        """The largest ``input_size()`` of these validated inputs (the model declares one).
+
+        Raises ModelError (a 500 whose traceback is logged under its error id) when the
+        model's function raises or returns something other than a positive number.
+        """
+        assert self.size_of is not None
+        try:
+            sizes = [self.size_of(v) for v in values]
+            if not all(isinstance(s, (int, float)) and not isinstance(s, bool)
+                       and 0 < s < math.inf for s in sizes):
+                raise TypeError(f"input_size() must return a positive number; got {sizes[:4]!r}")
+        except Exception as exc:
+            error_id = new_error_id()
+            logger.error("model %s: input_size() failed (error id %s)", self.key, error_id,
+                         exc_info=(type(exc), exc, exc.__traceback__))
+            raise ModelError(f"Model {self.key} could not size this input; the server log has "
+                             f"the details under error id {error_id}.",
+                             error_id=error_id) from None
+        return float(max(sizes))
 
     def device_for(self, replica: int) -> str | None:
         """The device replica ``replica`` runs on, or None when the model names none."""
@@ -107,6 +134,7 @@ def build_spec(cls: type[Model], settings: Settings) -> ModelSpec:
             max_wait_ms=batching.max_wait_ms if overrides.max_wait_ms is None else overrides.max_wait_ms,
             max_queue=overrides.max_queue or batching.max_queue,
             timeout=overrides.timeout or batching.timeout,
+            size_ratio=batching.size_ratio,
         )
     except ValueError as exc:
         raise StartupError(f"{where}: {exc}") from None
@@ -117,6 +145,10 @@ def build_spec(cls: type[Model], settings: Settings) -> ModelSpec:
             raise StartupError(
                 f"{where}: device {device!r} is not one of 'cpu', 'cuda', 'cuda:N' or 'N'."
             )
+    size_of = cls.input_size
+    if size_of is not None and not callable(size_of):
+        raise StartupError(f"{where}: input_size must be a function of one input (a "
+                           "@staticmethod returning a number), or None.")
     placement = overrides.placement or cls.placement
     if placement not in PLACEMENTS:
         raise StartupError(
@@ -145,6 +177,7 @@ def build_spec(cls: type[Model], settings: Settings) -> ModelSpec:
         per_item_errors=bool(cls.per_item_errors),
         max_requests=overrides.max_requests or cls.max_requests,
         placement=placement,
+        size_of=size_of,
     )
 
 

@@ -64,6 +64,7 @@ class Submit(Message):
     deadline: float
     lane: str = "live"
     request_id: str = ""  # for the logs of the batches that compute it
+    size: float | None = None  # the largest input_size() of its inputs, if the model has one
     inputs: list[Any] = field(default_factory=list)
 
 
@@ -197,6 +198,7 @@ _CHECKS: dict[str, Any] = {
     "str": lambda v: isinstance(v, str),
     "str | None": lambda v: v is None or isinstance(v, str),
     "int | None": lambda v: v is None or _CHECKS["int"](v),
+    "float | None": lambda v: v is None or (_CHECKS["float"](v) and v > 0),
     "bool": lambda v: isinstance(v, bool),
     "dict[str, Any] | None": lambda v: v is None or isinstance(v, dict),
     "list[Any]": lambda v: True,  # payload frames are bytes by construction
