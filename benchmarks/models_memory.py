@@ -7,6 +7,7 @@ role (from /proc/PID/smaps_rollup). Prints one Markdown table row per N.
 
     python benchmarks/models_memory.py            # N = 1 and 20
     python benchmarks/models_memory.py 1 5 50
+    CORRAL_PLACEMENT=inline python benchmarks/models_memory.py   # placement = "inline"
 
 Only 127.0.0.1 is contacted; the server is stopped with SIGTERM (SIGKILL to its
 process group after 60 s).
@@ -26,8 +27,12 @@ from collections import defaultdict
 from pathlib import Path
 
 APP_HEAD = '''
+import os
+
 import corral
 from pydantic import BaseModel
+
+PLACEMENT = os.environ.get("CORRAL_PLACEMENT", "process")
 
 
 class Text(BaseModel):
@@ -42,6 +47,7 @@ class Length(BaseModel):
 APP_MODEL = '''
 class Noop{i}Model(corral.Model):
     name = "noop-{i}"
+    placement = PLACEMENT
 
     def predict(self, batch: list[Text]) -> list[Length]:
         return [Length(length=len(x.text)) for x in batch]

