@@ -73,6 +73,8 @@ def _read_limited(request: Request, max_bytes: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
+        if length is not None and size >= length:  # all of it: no read just to see the end
+            break
         chunk = _read(request, min(_CHUNK, max_bytes + 1 - size))
         if not chunk:
             break
