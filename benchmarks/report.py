@@ -151,7 +151,7 @@ def write_report(res: dict[str, Any]) -> str:
     for workload in workloads:
         add(f"## {workload}")
         add("")
-        configs = ["naive", *(layouts if workload == "minilm" else ["corral"])]
+        configs = ["naive", *(layouts if workload == "minilm" else ["corral", "corral inline"])]
         add("| stack | conns | req/s | p50 ms | p99 ms | errors | CPU/req ms | batch | "
             "other load |")
         add("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

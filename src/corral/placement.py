@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 
@@ -22,6 +23,7 @@ from .batching.queue import Lane
 from .engine import Engine, Handle, Input, ModelStatus
 from .errors import ModelInline
 from .inprocess.engine import InProcessEngine
+from .process.replica import MAX_LOAD_ATTEMPTS
 from .registry.spec import ModelKey, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -81,7 +83,8 @@ class PlacedEngine(Engine):
         self.inline_keys = frozenset(str(spec.key) for spec in inline)
         self.watch = MemoryWatch([str(spec.key) for spec in inline], memory_warn_mb)
         self.inline = InProcessEngine(inline, stall_grace=stall_grace, warm_up=warm_up,
-                                      on_loaded=self.watch.check)
+                                      on_loaded=self.watch.check, on_hung=self._hung,
+                                      load_attempts=MAX_LOAD_ATTEMPTS)
         self._pid: int | None = None
         self._lock = threading.Lock()
 
@@ -98,6 +101,15 @@ class PlacedEngine(Engine):
                     threading.Thread(target=self._watch, name="corral-inline-memory",
                                      daemon=True).start()
         self.inline.start()
+
+    def _hung(self) -> None:
+        """An inline predict() outlived its deadlines and the stall grace: a thread cannot
+        be killed, so the worker stops (gracefully: its other requests finish, within the
+        graceful timeout) and Gunicorn starts a new one with fresh copies."""
+        logger.error("HTTP worker %d: an inline model is hung in predict() past its "
+                     "requests' deadlines and CORRAL_STALL_GRACE; stopping this worker so "
+                     "that Gunicorn replaces it", os.getpid())
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def wait_loaded(self, timeout: float) -> None:
         """Wait until every inline model is done loading (ready or failed), at most

@@ -9,6 +9,7 @@ under uWSGI, Waitress or any WSGI server.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -19,6 +20,8 @@ from .model import Model
 from .registry.catalog import Catalog
 from .registry.spec import build_spec
 from .schema.openapi import ApiInfo
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -65,6 +68,7 @@ class Server:
         catalog = self.catalog(settings)
         runtime_dir = runtime_dir or settings.runtime_dir
         wake_path = None
+        inline_keys: frozenset[str] = frozenset()
         job_settings = settings
         if runtime_dir:
             from .process.runtime import Runtime
@@ -76,8 +80,18 @@ class Server:
                 from .process.client import DispatcherEngine
 
                 engine = DispatcherEngine(runtime)
-            inline = [spec for spec in catalog if spec.inline]
-            if inline:  # these run here, in each HTTP worker; the tree has no replica of them
+            # The tree decides: what it runs goes there, the rest runs here, in each HTTP
+            # worker (the supervisor left inline models out, by its own settings).
+            in_tree = {entry.key for entry in runtime.read_models()}
+            inline = [spec for spec in catalog if str(spec.key) not in in_tree]
+            for spec in inline:
+                if not spec.inline:
+                    logger.warning(
+                        "model %s is not among the models of the process tree in %s (declared "
+                        "placement = \"inline\" there?): it runs inline, in this process",
+                        spec.key, runtime.path)
+            inline_keys = frozenset(str(spec.key) for spec in inline)
+            if inline:
                 from .placement import PlacedEngine
 
                 engine = PlacedEngine(engine, inline, stall_grace=settings.stall_grace,
@@ -88,7 +102,7 @@ class Server:
 
             engine = InProcessEngine(catalog, stall_grace=settings.stall_grace,
                                      warm_up=settings.warm_up)
-        jobs = open_service(job_settings, engine, catalog, wake_path)
+        jobs = open_service(job_settings, engine, catalog, wake_path, inline_keys)
         app = create_app(catalog, engine, settings, jobs, self.info)
         app.extensions["corral.engine"] = engine
         app.extensions["corral.jobs"] = jobs

@@ -32,3 +32,5 @@ class InlineBrokenModel(BrokenLoadModel):
 
 
 app = corral.Server([SumModel, InlineSumModel, GrowingModel, InlineBrokenModel])
+
+small = corral.Server([SumModel, InlineSumModel])  # loads at once: for tests that restart workers

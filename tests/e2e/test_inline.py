@@ -19,6 +19,7 @@ from tests.proctree import descendants, wait_until
 pytestmark = pytest.mark.slow
 
 INLINE = str(APPS / "inline.py")
+FULL = f"{INLINE}:app"
 Serve = Callable[..., ServerProcess]
 ENV = {"CORRAL_INLINE_MEMORY_WARN_MB": "16", "CORRAL_ADMIN_TOKEN": "tok"}
 
@@ -30,7 +31,7 @@ def worker_pids(server: ServerProcess) -> set[int]:
 @pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
 def test_inline_models_run_in_each_http_worker_with_the_same_api(serve: Serve,
                                                                    worker_class: str) -> None:
-    server = serve(INLINE, "--workers", "2", "--worker-class", worker_class, env=ENV)
+    server = serve(FULL, "--workers", "2", "--worker-class", worker_class, env=ENV)
     replicas = sorted(p.model for p in descendants(server.proc.pid) if p.role == "replica")
     assert replicas == ["sum:1"]  # no process for any inline model
     workers = worker_pids(server)
@@ -93,8 +94,11 @@ def test_inline_models_run_in_each_http_worker_with_the_same_api(serve: Serve,
     assert "growing:1" in log
 
 
+SMALL = f"{INLINE}:small"
+
+
 def test_an_inline_crash_takes_its_worker_only(serve: Serve) -> None:
-    server = serve(INLINE, "--workers", "2", env=ENV)
+    server = serve(SMALL, "--workers", "2", env=ENV)
     before = worker_pids(server)
     with pytest.raises(requests.ConnectionError):
         post(server, "/v1/models/inline-sum/predict", {"values": [1], "die": True})
@@ -110,3 +114,41 @@ def test_an_inline_crash_takes_its_worker_only(serve: Serve) -> None:
     assert {a.json()["pid"] for a in answers} <= worker_pids(server)
     assert post(server, "/v1/models/sum/predict", {"values": [2]}).status_code == 200
     assert server.stop() == 0
+
+
+def test_a_job_of_an_inline_model_survives_its_workers(serve: Serve) -> None:
+    server = serve(SMALL, "--workers", "2", env=ENV)
+    body = [{"values": [i], "delay": 0.2} for i in range(24)]  # 3 slices of 8, ~0.6 s
+    job = post(server, "/v1/models/inline-sum/jobs", body).json()
+
+    def running() -> bool:
+        got = requests.get(f"{server.url}/v1/jobs/{job['id']}", timeout=10).json()
+        return bool(got["status"] == "running" and got["progress"]["done"] >= 8)
+
+    wait_until(running, 30, "the job to be part done")
+    for worker in http_workers(server):  # whichever ran it, and every other one
+        os.kill(worker.pid, signal.SIGKILL)
+    done: dict[str, Any] = {}
+
+    def finished() -> bool:
+        done.update(requests.get(f"{server.url}/v1/jobs/{job['id']}?wait=5", timeout=30).json())
+        return done["status"] not in ("queued", "running")
+
+    wait_until(finished, 60, "the job to finish")
+    assert done["status"] == "succeeded", done
+    assert [r["total"] for r in done["result"]] == [float(i) for i in range(24)]
+    assert done["attempts"] == 2
+
+
+def test_a_hung_inline_model_gets_its_worker_replaced(serve: Serve) -> None:
+    server = serve(SMALL, "--workers", "1", env={**ENV, "CORRAL_STALL_GRACE": "1",
+                                                  "CORRAL_GRACEFUL_TIMEOUT": "2"})
+    before = worker_pids(server)
+    hung = post(server, "/v1/models/inline-sum/predict", {"values": [1], "spin": 10},
+                headers={"X-Request-Timeout": "0.5"})
+    assert hung.status_code == 504
+    wait_until(lambda: worker_pids(server) and worker_pids(server) != before, 30,
+               "Gunicorn to replace the worker")
+    answer = post(server, "/v1/models/inline-sum/predict", {"values": [2]})
+    assert answer.status_code == 200 and answer.json()["pid"] not in before
+    assert "is hung in predict()" in server.log()

@@ -397,3 +397,17 @@ def test_size_ratio_is_checked() -> None:
         Batching(size_ratio=0.5)
     with pytest.raises(ValueError, match="size_ratio"):
         Batching(size_ratio=float("nan"))
+
+
+def test_sized_batches_look_at_the_oldest_requests_only_and_keep_the_rest_in_order() -> None:
+    from corral.batching.queue import SIZED_WINDOW
+
+    q, clock = make(max_size=2, max_queue=4096)
+    window = SIZED_WINDOW * 2
+    early = sized(q, clock, *([100.0] + [500.0] * (window - 1)))
+    late = sized(q, clock, 100.0, 100.0)  # beyond the window: not looked at yet
+    first = [s.ticket for s in q.take().slices]
+    assert first == [early[0]]  # nothing near 100 within the window
+    assert [s.ticket for s in q.take().slices] == early[1:3]
+    rest = list(q._lanes["live"])
+    assert rest == early[3:] + late

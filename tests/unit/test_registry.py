@@ -226,3 +226,53 @@ def test_bad_placements_are_refused_with_the_choices() -> None:
 
     with pytest.raises(StartupError, match="cannot each own a GPU"):
         build_spec(InlineGpu, Settings())
+
+
+def test_input_size_must_be_callable_with_one_input() -> None:
+    from tests.fixtures import SizedModel
+
+    assert build_spec(SizedModel, Settings()).size_of is not None
+    assert build_spec(SumModel, Settings()).size_of is None
+
+    class MethodNotStatic(SizedModel):
+        name = "method"
+
+        def input_size(self, item):  # type: ignore[no-untyped-def,override]
+            return 1.0
+
+    with pytest.raises(StartupError, match="@staticmethod"):
+        build_spec(MethodNotStatic, Settings())
+
+
+def test_inline_models_cannot_recycle_replicas() -> None:
+    class Leaky(SumModel):
+        placement = "inline"
+        max_requests = 100
+
+    with pytest.raises(StartupError, match="--max-requests"):
+        build_spec(Leaky, Settings())
+
+
+def test_input_sizes_of_any_real_number_and_the_input_s_own_errors() -> None:
+    import numpy as np
+
+    from corral.errors import InvalidInput, ModelError
+    from tests.fixtures import Sentence, SizedModel
+
+    class Sizes(SizedModel):
+        @staticmethod
+        def input_size(item: Sentence) -> float:
+            if item.text == "refuse":
+                raise InvalidInput("too long to size")
+            if item.text == "nan":
+                return float("nan")
+            return {"zero": 0, "numpy": np.float32(3.5)}.get(item.text, 7)  # type: ignore[return-value]
+
+    spec = build_spec(Sizes, Settings())
+    assert spec.input_size([Sentence(text="numpy"), Sentence(text="x")]) == 7.0
+    assert spec.input_size([Sentence(text="numpy")]) == 3.5
+    assert 0 < spec.input_size([Sentence(text="zero")]) < 1e-3
+    with pytest.raises(InvalidInput, match="too long"):
+        spec.input_size([Sentence(text="refuse")])
+    with pytest.raises(ModelError):
+        spec.input_size([Sentence(text="nan")])

@@ -39,7 +39,9 @@ decides when a batch goes and what is in it:
   of similar size: the oldest request always goes, and others join it nearest in size
   first, as long as the largest is at most ``size_ratio`` times the smallest. Requests
   of other sizes wait for a later batch, where they become the oldest in turn, so none
-  waits forever; a padded sequence model then computes less padding per input.
+  waits forever; a padded sequence model then computes less padding per input. Such a
+  batch is not filled with background inputs (they go once their aged rank beats the
+  oldest live request, as above).
 
 The clock is injected, so tests drive it by hand. Callers provide the locking.
 """
@@ -66,6 +68,8 @@ LIVE_ACTIVE = 0.1
 # While it is, a batch of background inputs alone on the last free replica holds at most
 # max_size // this.
 BACKGROUND_SHARE = 8
+# A batch of similar sizes is picked among the oldest this-many max_size's of requests.
+SIZED_WINDOW = 4
 
 
 @dataclass(eq=False)
@@ -309,16 +313,21 @@ class BatchQueue:
         return batch
 
     def _take_similar(self, head: Ticket) -> Batch:
-        """A live batch of whole requests of similar size around the oldest, ``head``."""
+        """A live batch of whole requests of similar size around the oldest, ``head``.
+
+        Only the oldest ``SIZED_WINDOW`` batches' worth of requests are looked at, so a
+        long queue costs no more per batch than a short one.
+        """
         live = self._lanes["live"]
         ratio = self.policy.size_ratio
         room = self.policy.max_size - head.remaining
         assert head.size is not None
+        window = [live.popleft() for _ in range(min(len(live), SIZED_WINDOW * self.policy.max_size))]
         low = high = head.size
         chosen = {head}
-        if room and len(live) > 1:
+        if room:
             anchor = math.log(head.size)
-            others = sorted((t for t in live if t is not head and t.size is not None),
+            others = sorted((t for t in window[1:] if t.size is not None),
                             key=lambda t: abs(math.log(t.size) - anchor))  # type: ignore[arg-type]
             for ticket in others:
                 size = ticket.size
@@ -331,14 +340,11 @@ class BatchQueue:
                 if not room:
                     break
         batch = Batch()
-        kept: deque[Ticket] = deque()
-        for ticket in live:  # in arrival order, within the batch too
-            if ticket not in chosen:
-                kept.append(ticket)
-                continue
-            batch.slices.append(Slice(ticket, ticket.next_index, len(ticket.inputs)))
-            self._waiting["live"] -= ticket.remaining
-            ticket.next_index = len(ticket.inputs)
-            ticket.queued = False
-        self._lanes["live"] = kept
+        for ticket in window:  # in arrival order, within the batch too
+            if ticket in chosen:
+                batch.slices.append(Slice(ticket, ticket.next_index, len(ticket.inputs)))
+                self._waiting["live"] -= ticket.remaining
+                ticket.next_index = len(ticket.inputs)
+                ticket.queued = False
+        live.extendleft(reversed([t for t in window if t not in chosen]))
         return batch

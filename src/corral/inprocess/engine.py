@@ -112,10 +112,16 @@ class InProcessEngine(Engine):
     """Every model version loaded in this process, dispatched by the shared core."""
 
     def __init__(self, specs: Iterable[ModelSpec], stall_grace: float = 30.0,
-                 warm_up: bool = True, on_loaded: Callable[[], None] | None = None) -> None:
-        """``on_loaded`` is called (in the replica's thread) after each replica loads."""
+                 warm_up: bool = True, on_loaded: Callable[[], None] | None = None,
+                 on_hung: Callable[[], None] | None = None, load_attempts: int = 1) -> None:
+        """``on_loaded`` is called (in the replica's thread) after each replica loads;
+        ``on_hung`` when a replica stays in predict() past its batch's deadlines and the
+        stall grace (threads cannot be killed: by default it is only logged).
+        ``load_attempts``: how many times a replica tries load() before it is failed."""
+        self._load_attempts = load_attempts
         self._specs = {str(s.key): s for s in specs}
         self._on_loaded = on_loaded
+        self._on_hung = on_hung
         self._stall_grace = stall_grace
         self._warm_up = warm_up
         self._pid: int | None = None
@@ -213,8 +219,12 @@ class InProcessEngine(Engine):
     def _flush(self) -> None:
         for effect in self._core.take_effects():
             if isinstance(effect, Kill):
-                logger.error("a replica thread is hung in predict(); threads cannot be killed, "
-                             "so its requests have timed out and its slot stays busy")
+                if self._on_hung is not None:
+                    self._on_hung()
+                else:
+                    logger.error("a replica thread is hung in predict(); threads cannot be "
+                                 "killed, so its requests have timed out and its slot stays "
+                                 "busy")
             elif isinstance(effect.to, _ReplicaPeer):
                 effect.to.inbox.put(effect.msg)
             else:
@@ -269,20 +279,29 @@ class InProcessEngine(Engine):
     def _load(self, peer: _ReplicaPeer) -> Model | None:
         spec, index = peer.spec, peer.index
         key = str(spec.key)
-        started = time.monotonic()
-        try:
-            model: Model = self._run(lambda: _load_instance(
-                spec, model_device(spec.device_for(index)), self._warm_up))
-        except BaseException as exc:  # whatever load() raises, the replica has failed
-            error_id = new_error_id()
-            logger.error("model %s replica %d: load() raised %s (error id %s)",
-                         spec.key, index, type(exc).__name__, error_id,
-                         exc_info=(type(exc), exc, exc.__traceback__))
-            with self._cond:
-                self._core.handle(peer, Hello(model=key, replica=index, pid=os.getpid(),
-                                              state="failed", error=load_error(exc, error_id)))
-                self._flush()
-            return None
+        attempt = 1
+        while True:
+            started = time.monotonic()
+            try:
+                model: Model = self._run(lambda: _load_instance(
+                    spec, model_device(spec.device_for(index)), self._warm_up))
+                break
+            except BaseException as exc:  # whatever load() raises, this attempt has failed
+                error_id = new_error_id()
+                logger.error("model %s replica %d: load() raised %s (attempt %d of %d, error "
+                             "id %s)", spec.key, index, type(exc).__name__, attempt,
+                             self._load_attempts, error_id,
+                             exc_info=(type(exc), exc, exc.__traceback__))
+                if attempt < self._load_attempts and not self._stopping:
+                    time.sleep(attempt)  # 1 s, 2 s...: a file or a service may come back
+                    attempt += 1
+                    continue
+                with self._cond:
+                    self._core.handle(peer, Hello(model=key, replica=index, pid=os.getpid(),
+                                                  state="failed",
+                                                  error=load_error(exc, error_id)))
+                    self._flush()
+                return None
         metrics.MODEL_LOAD.labels(spec.name).set(time.monotonic() - started)
         logger.info("model %s replica %d loaded in %.2fs", spec.key, index,
                     time.monotonic() - started)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,11 +87,11 @@ def runner_settings(settings: Settings, slice_size: dict[str, int],
 
 
 def open_service(settings: Settings, engine: Engine, catalog: Catalog,
-                 wake_path: str | None) -> JobService:
+                 wake_path: str | None, inline: frozenset[str] = frozenset()) -> JobService:
     """The JobService of an HTTP worker. ``wake_path`` is the jobs process's wake-up socket
     when a process tree runs the jobs; None runs them in this process. Either way, jobs of
-    models this process computes itself (every model in-process; inline models under
-    ``corral serve``) are run by a loop of this process."""
+    models this process computes itself (every model in-process; with a tree, the
+    ``inline`` ones: ``name:version`` keys) are run by a loop of this process."""
     from .service import JobService
 
     store = open_store(settings)
@@ -98,25 +99,32 @@ def open_service(settings: Settings, engine: Engine, catalog: Catalog,
         from .celery_backend import sender
 
         return JobService(store, sender(settings))
-    local = [spec for spec in catalog if wake_path is None or spec.inline]
+    local = [spec for spec in catalog if wake_path is None or str(spec.key) in inline]
     if not local:
         from .embedded import wake
 
         assert wake_path is not None
         return JobService(store, lambda job: wake(wake_path))
 
-    from .embedded import EmbeddedLoop, Wakeup, wake
+    from .embedded import STOP_GRACE, EmbeddedLoop, Wakeup, wake
     from .runner import JobRunner, runner_id
 
     sizes = {str(spec.key): spec.batching.max_size for spec in local}
     wakeup = Wakeup()
 
-    def start_runner() -> None:
+    def start_runner() -> Callable[[], None]:
         import threading
 
         runner = JobRunner(store, engine, runner_settings(settings, sizes, catalog), runner_id())
         loop = EmbeddedLoop(store, runner, settings.job_concurrency, wakeup, frozenset(sizes))
-        threading.Thread(target=loop.run, name="corral-jobs", daemon=True).start()
+        thread = threading.Thread(target=loop.run, name="corral-jobs", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            loop.stop()
+            thread.join(STOP_GRACE + 1)
+
+        return stop
 
     def send(job: JobRecord) -> None:
         if job.key in sizes:
@@ -124,4 +132,4 @@ def open_service(settings: Settings, engine: Engine, catalog: Catalog,
         elif wake_path is not None:
             wake(wake_path)
 
-    return JobService(store, send, start_runner)
+    return JobService(store, send, start_runner, eager=wake_path is not None)

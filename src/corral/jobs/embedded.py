@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 _IDLE_POLL = 1.0  # seconds between looks at the store when nobody wakes the loop
 _PURGE_EVERY = 60.0
-_STOP_GRACE = 8.0  # seconds running jobs get to stop on shutdown (the supervisor waits 10)
+STOP_GRACE = 8.0  # seconds running jobs get to stop on shutdown (the supervisor waits 10)
 
 
 class Wakeup:
@@ -103,7 +103,7 @@ class EmbeddedLoop:
             self.wakeup.wait(_IDLE_POLL)
         # Jobs stop after their slices in flight and are given back (not a crash).
         self.runner.heartbeat.stop()
-        deadline = time.monotonic() + _STOP_GRACE
+        deadline = time.monotonic() + STOP_GRACE
         with self._idle:
             while self._running and time.monotonic() < deadline:
                 self._idle.wait(0.1)

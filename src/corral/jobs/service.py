@@ -77,12 +77,18 @@ class JobService:
     """Submit, read, cancel and wait on jobs."""
 
     def __init__(self, store: JobStore, send: Callable[[JobRecord], None],
-                 start_runner: Callable[[], None] | None = None) -> None:
+                 start_runner: Callable[[], Callable[[], None]] | None = None,
+                 eager: bool = False) -> None:
         """``send`` hands a new job to its runner; ``start_runner`` starts a runner in this
-        process (in-process mode), once per process."""
+        process (in-process mode, or inline models), once per process, and returns what
+        stops it. ``eager``: start it with the process, not when jobs appear (an HTTP
+        worker of a tree, for its inline models: it must take over jobs of a worker that
+        died, which nobody submits again)."""
         self.store = store
         self._send = send
         self._start_runner = start_runner
+        self._eager = eager
+        self._stop_runner: Callable[[], None] | None = None
         self._started_pid: int | None = None
         self._checked_pid: int | None = None
         self._lock = threading.Lock()
@@ -95,6 +101,9 @@ class JobService:
         if self._start_runner is None or self._checked_pid == os.getpid():
             return
         self._checked_pid = os.getpid()
+        if self._eager:
+            self._ensure_runner()
+            return
         try:
             waiting = bool(self.store.lost(time.time(), 0.0, limit=1))  # queued, or left
         except Exception:  # the store is unreachable: serve anyway; the next submit starts it
@@ -109,7 +118,14 @@ class JobService:
         with self._lock:
             if self._started_pid != os.getpid():
                 self._started_pid = os.getpid()
-                self._start_runner()
+                self._stop_runner = self._start_runner()
+
+    def stop(self) -> None:
+        """Stop this process's runner, if it runs one: running jobs finish their slices in
+        flight and are given back for another runner (not counted as a crash)."""
+        if self._stop_runner is not None and self._started_pid == os.getpid():
+            self._stop_runner()
+            self._stop_runner = None
 
     def submit(self, job: JobRecord, inputs: list[bytes]) -> tuple[JobRecord, bool]:
         """Store the job (durably) and send it; with a known idempotency key, the job

@@ -56,6 +56,7 @@ def _child_exit(server: Any, worker: Any) -> None:
 def _worker_exit(server: Any, worker: Any) -> None:
     app = getattr(worker, "wsgi", None)
     if isinstance(app, Flask):
+        app.extensions["corral.jobs"].stop()  # gives back jobs of inline models it runs
         _engine_of(app).stop()
 
 

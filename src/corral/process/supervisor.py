@@ -244,7 +244,8 @@ class Supervisor:
                                              "the server log.")
                 self.runtime.write_models(list(self.models.values()))
                 self._configure(child.model)  # a replica that died loading said nothing
-                if self.settings.exit_when_all_failed and all(
+                if self.settings.exit_when_all_failed and len(self.models) == len(
+                        list(self.catalog)) and all(
                         m.replicas and len(m.failed) >= m.replicas for m in self.models.values()):
                     logger.error("every model failed to load; stopping with exit code 1 "
                                  "(CORRAL_EXIT_WHEN_ALL_FAILED)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import numbers
 import re
 import typing
 from collections.abc import Callable
@@ -14,10 +15,12 @@ from typing import Any
 from pydantic import BaseModel, RootModel
 
 from ..config import Settings
-from ..errors import ModelError, StartupError, new_error_id
+from ..errors import CorralError, ModelError, StartupError, new_error_id
 from ..model import NO_BATCHING, Batching, Model
 
 logger = logging.getLogger(__name__)
+
+_MIN_SIZE = 1e-6  # sizes are compared by ratio: zero would never be near anything
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda|gpu|cuda:\d+|gpu:\d+|\d+)$")
@@ -67,9 +70,15 @@ class ModelSpec:
         assert self.size_of is not None
         try:
             sizes = [self.size_of(v) for v in values]
-            if not all(isinstance(s, (int, float)) and not isinstance(s, bool)
-                       and 0 < s < math.inf for s in sizes):
-                raise TypeError(f"input_size() must return a positive number; got {sizes[:4]!r}")
+            if not all(isinstance(s, numbers.Real) and not isinstance(s, bool) for s in sizes):
+                raise TypeError(f"input_size() must return a number; got {sizes[:4]!r}")
+            size = float(max(sizes))
+            if not 0 <= size < math.inf:
+                raise ValueError(f"input_size() must return a number >= 0; got {size!r}")
+        except CorralError as exc:
+            if exc.status < 500:  # InvalidInput and the like: the input's own fault
+                raise
+            raise ModelError(f"Model {self.key} could not size this input.") from None
         except Exception as exc:
             error_id = new_error_id()
             logger.error("model %s: input_size() failed (error id %s)", self.key, error_id,
@@ -77,7 +86,7 @@ class ModelSpec:
             raise ModelError(f"Model {self.key} could not size this input; the server log has "
                              f"the details under error id {error_id}.",
                              error_id=error_id) from None
-        return float(max(sizes))
+        return max(size, _MIN_SIZE)  # an empty text is a size too: the smallest
 
     def device_for(self, replica: int) -> str | None:
         """The device replica ``replica`` runs on, or None when the model names none."""
@@ -146,15 +155,21 @@ def build_spec(cls: type[Model], settings: Settings) -> ModelSpec:
                 f"{where}: device {device!r} is not one of 'cpu', 'cuda', 'cuda:N' or 'N'."
             )
     size_of = cls.input_size
-    if size_of is not None and not callable(size_of):
-        raise StartupError(f"{where}: input_size must be a function of one input (a "
-                           "@staticmethod returning a number), or None.")
+    if size_of is not None and not _takes_one_argument(size_of):
+        raise StartupError(f"{where}: input_size must be a function of one input, called "
+                           "without an instance: declare it as `@staticmethod def "
+                           "input_size(item) -> float` (or set it to None).")
     placement = overrides.placement or cls.placement
     if placement not in PLACEMENTS:
         raise StartupError(
             f"{where}: placement must be \"process\" (replicas in processes of their own) or "
             f"\"inline\" (inside each HTTP worker), not {placement!r}."
         )
+    max_requests = overrides.max_requests or cls.max_requests
+    if placement == "inline" and max_requests:
+        raise StartupError(
+            f"{where}: max_requests replaces replica processes; an inline model lives in the "
+            "HTTP workers, which Gunicorn's --max-requests replaces instead.")
     if placement == "inline" and devices and any(d != "cpu" for d in devices):
         raise StartupError(
             f"{where}: an inline model runs inside every HTTP worker, which cannot each own a "
@@ -175,10 +190,23 @@ def build_spec(cls: type[Model], settings: Settings) -> ModelSpec:
         description=inspect.cleandoc(cls.__dict__.get("__doc__") or ""),
         devices=devices,
         per_item_errors=bool(cls.per_item_errors),
-        max_requests=overrides.max_requests or cls.max_requests,
+        max_requests=max_requests,
         placement=placement,
         size_of=size_of,
     )
+
+
+def _takes_one_argument(fn: Any) -> bool:
+    """Whether ``fn(item)`` is a valid call (a staticmethod, classmethod or function)."""
+    if not callable(fn):
+        return False
+    try:
+        inspect.signature(fn).bind(object())
+    except TypeError:
+        return False
+    except ValueError:  # a builtin without a signature: let it be tried
+        return True
+    return True
 
 
 def _io_types(cls: type[Model], where: str) -> tuple[type[BaseModel], type[BaseModel]]:

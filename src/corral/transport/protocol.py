@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 MAGIC = b"CR"
-VERSION = 2
+VERSION = 3  # 3: Submit carries size
 
 
 class ProtocolError(Exception):
