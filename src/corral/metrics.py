@@ -10,8 +10,9 @@ uses the ordinary in-memory registry.
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -52,12 +53,19 @@ JOBS = Counter("corral_jobs", "Jobs accepted, and jobs finished by status.", ["m
 REPLICA_RESTARTS = Counter("corral_replica_restarts", "Replica processes restarted.", ["model"])
 
 
+@functools.cache
+def labelled(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, looked up once per process (the hot path calls it per
+    request; prometheus_client checks and locks on every call)."""
+    return metric.labels(*values)
+
+
 def observe_batch(key: str, batch: Batch, now: float) -> None:
     """Record a batch of model version ``key`` (name:version) going out: its size, and
     how long each request in it waited. Labelled by model name."""
     model = key.rpartition(":")[0]
-    BATCH_SIZE.labels(model).observe(batch.size)
-    wait = QUEUE_WAIT.labels(model)
+    labelled(BATCH_SIZE, model).observe(batch.size)
+    wait = labelled(QUEUE_WAIT, model)
     for piece in batch.slices:
         if piece.start == 0:  # a request's first slice: its time in the queue
             wait.observe(now - piece.ticket.enqueued_at)

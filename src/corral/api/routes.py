@@ -88,8 +88,8 @@ class Routes:
             status = exc.status
             raise
         finally:
-            metrics.REQUESTS.labels(spec.name, spec.version, str(status)).inc()
-            metrics.REQUEST_DURATION.labels(spec.name, spec.version).observe(
+            metrics.labelled(metrics.REQUESTS, spec.name, spec.version, str(status)).inc()
+            metrics.labelled(metrics.REQUEST_DURATION, spec.name, spec.version).observe(
                 time.perf_counter() - started)
 
     def _predict(self, spec: ModelSpec) -> Response:

@@ -214,7 +214,7 @@ class InProcessEngine(Engine):
     def _on_batch(self, key: str, batch: Batch, now: float) -> None:
         metrics.observe_batch(key, batch, now)
         name = key.rpartition(":")[0]
-        metrics.QUEUE_DEPTH.labels(name).set(self._core.depths_by_name()[name])
+        metrics.labelled(metrics.QUEUE_DEPTH, name).set(self._core.depths_by_name()[name])
 
     def _flush(self) -> None:
         for effect in self._core.take_effects():
@@ -323,7 +323,8 @@ class InProcessEngine(Engine):
                                lambda fn: self._run(lambda: context.run(fn)))
         finally:
             REQUEST_IDS.reset(token)
-        metrics.PREDICT_DURATION.labels(spec.name).observe(time.perf_counter() - started)
+        metrics.labelled(metrics.PREDICT_DURATION, spec.name).observe(
+            time.perf_counter() - started)
         meta, outputs = outcome_frames(outcomes)
         return Done(batch=work.batch, model=str(spec.key), replica=peer.index,
                     pid=os.getpid(), outcomes=meta, outputs=outputs)

@@ -142,7 +142,7 @@ class Dispatcher:
         for name, depth in self.core.depths_by_name().items():
             if self.depths.get(name) != depth:
                 self.depths[name] = depth
-                metrics.QUEUE_DEPTH.labels(name).set(depth)
+                metrics.labelled(metrics.QUEUE_DEPTH, name).set(depth)
         if self.changed or self.core.expecting():
             self.changed = False
             statuses = self.core.statuses()

@@ -103,7 +103,8 @@ def serve_batches(sock: zmq.Socket[bytes], model: Model, spec: ModelSpec, hello:
             computed = iter(compute(model, spec, valid)) if valid else iter([])
         finally:
             REQUEST_IDS.reset(token)
-        metrics.PREDICT_DURATION.labels(spec.name).observe(time.perf_counter() - started)
+        metrics.labelled(metrics.PREDICT_DURATION, spec.name).observe(
+            time.perf_counter() - started)
         outcomes: list[Outcome] = [g if isinstance(g, CorralError) else next(computed)
                                    for g in decoded]
         meta, outputs = outcome_frames(outcomes)
