@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         True, description="Call each replica's predict() once, with an input built from the "
         "schema's examples, after load() and before it reports ready.",
     )
+    replica_start: Literal["fork", "spawn"] = Field(
+        "fork", description="How corral serve starts replica processes: forked from a "
+        "zygote that has imported the app (they share its memory), or spawned as fresh "
+        "interpreters (for apps that start threads or a GPU runtime at import).",
+    )
     inline_memory_warn_mb: int = Field(
         256, ge=1, description="Under corral serve, an HTTP worker logs a warning when its "
         "inline models have grown it by more than this many MiB (each worker holds its own "

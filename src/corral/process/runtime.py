@@ -119,6 +119,7 @@ class Runtime:
         self.backend = f"ipc://{self.path}/d.b"
         self.control = f"ipc://{self.path}/ctl"
         self.jobs_wake = str(self.path / "jobs.wake")
+        self.zygote = self.path / "zygote.sock"
         self.dispatcher_pid = self.path / "dispatcher.pid"
         self.metrics_dir = self.path / "metrics"
         self.status_file = self.path / "status.json"

@@ -4,7 +4,9 @@
 
     supervisor ─┬─ Gunicorn master ── HTTP workers      (python -m corral.process http)
                 ├─ dispatcher, for every model          (python -m corral.process dispatcher)
-                ├─ replicas of each model version       (python -m corral.process replica)
+                ├─ zygote, which forks the replicas     (python -m corral.process zygote)
+                ├─ replicas of each model version       (forked by the zygote, re-parented
+                │                                        here; or python -m corral.process replica)
                 └─ jobs: the embedded jobs loop, or      (python -m corral.process jobs)
                    the Celery worker of corral worker
 
@@ -29,6 +31,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +47,7 @@ from ..dispatch.core import MAX_REPLICAS
 from .replica import MAX_LOAD_ATTEMPTS
 from .runtime import ModelEntry, Runtime
 from .spawn import spawn
+from .zygote import ZYGOTE_CANNOT_FORK, ForkedProcess, ZygoteClient, become_subreaper
 from .title import set_title
 
 logger = logging.getLogger(__name__)
@@ -56,11 +60,11 @@ _MAX_BACKOFF = 10.0
 class Child:
     """One supervised process and when to start it again."""
 
-    kind: str  # "http", "dispatcher", "replica" or "jobs"
+    kind: str  # "http", "dispatcher", "zygote", "replica" or "jobs"
     label: str
     args: list[str]
     death_signal: int = signal.SIGKILL
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | ForkedProcess | None = None
     started_at: float = 0.0
     failures: int = 0  # consecutive quick deaths, for backoff
     load_attempt: int = 1  # replicas: which load() attempt this start is
@@ -72,10 +76,20 @@ class Child:
     index: int = 0  # replicas: the slot
     retired_at: float | None = None  # replicas no longer wanted: when they were told
 
-    def start(self, env: dict[str, str]) -> None:
+    def start(self, env: dict[str, str], fork: Callable[[list[str], dict[str, str]],
+                                                      ForkedProcess] | None = None) -> None:
+        """Spawn a fresh interpreter, or have ``fork`` (the zygote) fork the process."""
         extra = {"replica": [str(self.load_attempt), str(self.starts)]}.get(self.kind, [])
-        self.proc = spawn("corral.process", self.kind, *self.args, *extra,
-                          death_signal=self.death_signal, env={**env, **self.env})
+        self.proc = None
+        if fork is not None:
+            try:
+                self.proc = fork([*self.args, *extra], self.env)
+            except (OSError, ValueError) as exc:
+                logger.warning("%s: the zygote could not fork it (%s); starting a fresh "
+                               "interpreter", self.label, exc)
+        if self.proc is None:
+            self.proc = spawn("corral.process", self.kind, *self.args, *extra,
+                              death_signal=self.death_signal, env={**env, **self.env})
         self.starts += 1
         self.started_at = time.monotonic()
         self.restart_at = None
@@ -112,6 +126,13 @@ class Supervisor:
         run_dir = str(self.runtime.path)
         self.children.append(Child("dispatcher", "dispatcher", [run_dir],
                                    pid_file=str(self.runtime.dispatcher_pid)))
+        # Replicas are forked from a zygote that has imported the app (shared pages),
+        # and re-parented here: this process must be their subreaper.
+        self._zygote: Child | None = None
+        if settings.replica_start == "fork" and become_subreaper():
+            self._zygote = Child("zygote", "zygote", [run_dir])
+            self.children.append(self._zygote)
+            self._zygote_client = ZygoteClient(self.runtime)
         for key, entry in self.models.items():
             for index in range(entry.replicas):
                 self._add_replica(key, index)
@@ -194,13 +215,23 @@ class Supervisor:
         # Dispatcher before replicas before Gunicorn: the list is in that order.
         for child in self.children:
             if child.proc is None and child.restart_at is not None and child.restart_at <= now:
-                child.start(self.env)
+                child.start(self.env, self._fork if child.kind == "replica" else None)
+
+    def _fork(self, args: list[str], env: dict[str, str]) -> ForkedProcess:
+        """A replica from the zygote; OSError when there is none to ask."""
+        zygote = self._zygote
+        if zygote is None or zygote.proc is None:
+            raise OSError("no zygote")
+        proc = zygote.proc
+        return self._zygote_client.fork(args, env, lambda: proc.poll() is None)
 
     def reap(self) -> None:
+        if self._zygote is not None:
+            self._reap_orphans()
         for child in list(self.children):
-            if child.proc is None or child.proc.poll() is None:
+            code = None if child.proc is None else child.proc.poll()
+            if child.proc is None or code is None:
                 continue
-            code = child.proc.returncode
             metrics.process_exited(child.proc.pid, str(self.runtime.metrics_dir))
             child.proc = None
             loaded = False
@@ -217,6 +248,22 @@ class Supervisor:
                 continue
             self.handle_exit(child, code, loaded)
 
+    def _reap_orphans(self) -> None:
+        """Reap processes re-parented here that are not ours to watch (as a subreaper this
+        process inherits every orphan below it, e.g. Gunicorn workers whose master died)."""
+        known = {c.proc.pid for c in self.children if c.proc is not None}
+        try:
+            tasks = os.listdir("/proc/self/task")
+            pids = {int(p) for t in tasks
+                    for p in open(f"/proc/self/task/{t}/children").read().split()}
+        except (OSError, ValueError):
+            return
+        for pid in pids - known:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
     def handle_exit(self, child: Child, code: int, loaded: bool) -> None:
         ran = time.monotonic() - child.started_at
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
@@ -225,6 +272,10 @@ class Supervisor:
             logger.error("Gunicorn %s during start-up; stopping (see its message above)", how)
             self._exit_code, self._stopping = 1, True
             return
+        if child.kind == "zygote" and code == ZYGOTE_CANNOT_FORK:
+            logger.warning("replicas are started as fresh interpreters from now on")
+            self._zygote = None
+            return  # restart_at stays None
         if child.kind == "replica" and code == 0:
             # Recycled after its max_requests (the dispatcher let it finish): start afresh.
             logger.info("%s recycled; starting a fresh one", child.label)
@@ -362,7 +413,7 @@ class Supervisor:
         taken over at the next start), then the dispatcher, then replicas."""
         grace = self.settings.graceful_timeout + 5
         for kind, timeout in (("http", grace), ("jobs", 10.0), ("dispatcher", 5.0),
-                              ("replica", 5.0)):
+                              ("zygote", 5.0), ("replica", 5.0)):
             self._stop(kind, timeout)
         logger.info("stopped")
 
