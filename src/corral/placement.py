@@ -87,6 +87,7 @@ class PlacedEngine(Engine):
                                       load_attempts=MAX_LOAD_ATTEMPTS)
         self._pid: int | None = None
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
 
     def _engine(self, key: ModelKey) -> Engine:
         return self.inline if str(key) in self.inline_keys else self.remote
@@ -97,6 +98,7 @@ class PlacedEngine(Engine):
             with self._lock:
                 if self._pid != os.getpid():
                     self.watch.start()  # before the loads: they are what it measures
+                    self._stopped = threading.Event()
                     self._pid = os.getpid()
                     threading.Thread(target=self._watch, name="corral-inline-memory",
                                      daemon=True).start()
@@ -124,12 +126,12 @@ class PlacedEngine(Engine):
             time.sleep(0.01)
 
     def _watch(self) -> None:
-        pid = os.getpid()
-        while self._pid == pid:
-            time.sleep(_WATCH_EVERY)
+        pid, stopped = os.getpid(), self._stopped
+        while self._pid == pid and not stopped.wait(_WATCH_EVERY):
             self.watch.check()
 
     def stop(self) -> None:
+        self._stopped.set()
         self.inline.stop()
         self.remote.stop()
 

@@ -21,7 +21,10 @@ pytestmark = pytest.mark.slow
 INLINE = str(APPS / "inline.py")
 FULL = f"{INLINE}:app"
 Serve = Callable[..., ServerProcess]
-ENV = {"CORRAL_INLINE_MEMORY_WARN_MB": "16", "CORRAL_ADMIN_TOKEN": "tok"}
+# Idle keep-alive connections of the test client hold a gevent worker until the
+# graceful timeout when the server stops: keep it short.
+ENV = {"CORRAL_INLINE_MEMORY_WARN_MB": "16", "CORRAL_ADMIN_TOKEN": "tok",
+       "CORRAL_GRACEFUL_TIMEOUT": "3"}
 
 
 def worker_pids(server: ServerProcess) -> set[int]:
