@@ -279,6 +279,10 @@ class Server:
                 out[pid] = "replica"
             elif cmd.startswith("corral: dispatcher"):
                 out[pid] = "dispatcher"
+            elif cmd.startswith("corral: zygote"):
+                out[pid] = "zygote"
+            elif cmd.startswith("corral: jobs"):
+                out[pid] = "jobs"
             elif cmd.startswith("gunicorn: master") and (_stat(pid) or ["", "0"])[1] == str(root):
                 out[pid] = "gunicorn master"
                 master = pid

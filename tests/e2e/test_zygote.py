@@ -40,6 +40,8 @@ def test_replicas_are_forked_children_of_the_supervisor(serve: Serve) -> None:
     for replica in replicas:
         assert replica.ppid == server.proc.pid  # re-parented: the supervisor reaps them
         assert os.getpgid(replica.pid) == replica.pid  # a process group of its own
+    for n in range(20):  # some work first: it must not un-share what the zygote imported
+        assert post(server, "/v1/models/sum/predict", {"values": [n]}).status_code == 200
     # Sharing what the zygote imported, each holds a few MiB alone, not an interpreter's worth.
     (spawned,) = role(server, "dispatcher")  # a fresh interpreter, for comparison
     assert max(private_mib(r.pid) for r in replicas) < private_mib(spawned.pid) / 2

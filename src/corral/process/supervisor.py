@@ -47,7 +47,13 @@ from ..dispatch.core import MAX_REPLICAS
 from .replica import MAX_LOAD_ATTEMPTS
 from .runtime import ModelEntry, Runtime
 from .spawn import spawn
-from .zygote import ZYGOTE_CANNOT_FORK, ForkedProcess, ZygoteClient, become_subreaper
+from .zygote import (
+    ZYGOTE_CANNOT_FORK,
+    ForkedProcess,
+    ZygoteClient,
+    ZygoteNotReady,
+    become_subreaper,
+)
 from .title import set_title
 
 logger = logging.getLogger(__name__)
@@ -84,6 +90,9 @@ class Child:
         if fork is not None:
             try:
                 self.proc = fork([*self.args, *extra], self.env)
+            except ZygoteNotReady:
+                self.restart_at = time.monotonic() + 0.05  # try again shortly, not blocking
+                return
             except (OSError, ValueError) as exc:
                 logger.warning("%s: the zygote could not fork it (%s); starting a fresh "
                                "interpreter", self.label, exc)
@@ -129,7 +138,9 @@ class Supervisor:
         # Replicas are forked from a zygote that has imported the app (shared pages),
         # and re-parented here: this process must be their subreaper.
         self._zygote: Child | None = None
+        self._subreaper = False
         if settings.replica_start == "fork" and become_subreaper():
+            self._subreaper = True
             self._zygote = Child("zygote", "zygote", [run_dir])
             self.children.append(self._zygote)
             self._zygote_client = ZygoteClient(self.runtime)
@@ -198,6 +209,9 @@ class Supervisor:
             master = next((c.proc for c in self.children if c.kind == "http" and c.proc), None)
             if master is not None and master.poll() is None:
                 master.send_signal(signum)
+            zygote = self._zygote.proc if self._zygote is not None else None
+            if signum == signal.SIGHUP and zygote is not None and zygote.poll() is None:
+                zygote.send_signal(signal.SIGTERM)  # replicas started from now on: new code
 
     def _drain_wakeups(self) -> None:
         try:
@@ -215,18 +229,20 @@ class Supervisor:
         # Dispatcher before replicas before Gunicorn: the list is in that order.
         for child in self.children:
             if child.proc is None and child.restart_at is not None and child.restart_at <= now:
-                child.start(self.env, self._fork if child.kind == "replica" else None)
+                fork = self._fork if child.kind == "replica" and self._zygote else None
+                child.start(self.env, fork)
 
     def _fork(self, args: list[str], env: dict[str, str]) -> ForkedProcess:
         """A replica from the zygote; OSError when there is none to ask."""
         zygote = self._zygote
-        if zygote is None or zygote.proc is None:
+        if zygote is None or zygote.proc is None or zygote.proc.poll() is not None:
+            if zygote is not None and zygote.restart_at is not None and zygote.failures < 3:
+                raise ZygoteNotReady()  # being restarted: wait for it, as at start-up
             raise OSError("no zygote")
-        proc = zygote.proc
-        return self._zygote_client.fork(args, env, lambda: proc.poll() is None)
+        return self._zygote_client.fork(args, env, zygote.started_at)
 
     def reap(self) -> None:
-        if self._zygote is not None:
+        if self._subreaper:
             self._reap_orphans()
         for child in list(self.children):
             code = None if child.proc is None else child.proc.poll()
@@ -260,8 +276,16 @@ class Supervisor:
             return
         for pid in pids - known:
             try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    continue
+                # Alive: a replica the zygote forked whose pid never reached us (its answer
+                # was lost) would serve a slot twice; nothing else of ours is unknown.
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    title = f.read()
+                if title.startswith((b"corral: replica", b"corral: zygote")):
+                    logger.warning("stopping pid %d, a replica nobody started", pid)
+                    os.kill(pid, signal.SIGKILL)
+            except (ChildProcessError, OSError):
                 pass
 
     def handle_exit(self, child: Child, code: int, loaded: bool) -> None:
@@ -272,6 +296,8 @@ class Supervisor:
             logger.error("Gunicorn %s during start-up; stopping (see its message above)", how)
             self._exit_code, self._stopping = 1, True
             return
+        if child.kind == "zygote":
+            self.runtime.zygote.unlink(missing_ok=True)
         if child.kind == "zygote" and code == ZYGOTE_CANNOT_FORK:
             logger.warning("replicas are started as fresh interpreters from now on")
             self._zygote = None

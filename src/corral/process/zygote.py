@@ -21,6 +21,7 @@ instead (``CORRAL_REPLICA_START=spawn`` does the same for every replica).
 
 from __future__ import annotations
 
+import atexit
 import gc
 import json
 import logging
@@ -92,21 +93,25 @@ class ForkedProcess:
         self.send_signal(signal.SIGKILL)
 
 
+class ZygoteNotReady(Exception):
+    """The zygote is still importing the app: ask again shortly."""
+
+
 class ZygoteClient:
     """The supervisor's side: ask the zygote for a replica."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.path = str(runtime.zygote)
 
-    def fork(self, args: list[str], env: dict[str, str], alive: Any) -> ForkedProcess:
+    def fork(self, args: list[str], env: dict[str, str], started_at: float) -> ForkedProcess:
         """A replica running ``python -m corral.process replica ARGS`` with ``env`` on top
-        of the supervisor's environment. ``alive()`` says whether the zygote process still
-        runs (while it starts, its socket is not there yet). Raises OSError on failure."""
-        deadline = time.monotonic() + _READY_WAIT
-        while not os.path.exists(self.path):
-            if not alive() or time.monotonic() >= deadline:
-                raise OSError("the zygote is not running")
-            time.sleep(0.01)
+        of the supervisor's environment, from a zygote (still running) that started at
+        ``started_at`` (monotonic). Raises ZygoteNotReady while it is still importing the
+        app, and OSError when it cannot fork (or took too long to get ready)."""
+        if not os.path.exists(self.path):
+            if time.monotonic() - started_at < _READY_WAIT:
+                raise ZygoteNotReady()
+            raise OSError(f"the zygote did not get ready in {_READY_WAIT:.0f} s")
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
             sock.settimeout(_ANSWER_WAIT)
             sock.connect(self.path)
@@ -132,7 +137,11 @@ def _replica(args: list[str], env: dict[str, str], supervisor: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     os.environ.update(env)
-    gc.unfreeze()
+    # The imported objects stay frozen (gc.unfreeze would have the first full collection
+    # write to every one of them, copying the zygote's pages into this process).
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:  # its global random state would be the zygote's in every replica
+        numpy.random.seed()
     from .replica import main
 
     return main(args)
@@ -143,8 +152,15 @@ def _fork(request: dict[str, Any], listener: socket.socket, conn: socket.socket,
     """Fork twice; return the replica's pid (the intermediate process is reaped here)."""
     args = [str(a) for a in request["args"]]
     env = {str(k): str(v) for k, v in request.get("env", {}).items()}
+    sys.stdout.flush()  # or what the app printed at import is written again by each child
+    sys.stderr.flush()
     read, write = os.pipe()
-    middle = os.fork()
+    try:
+        middle = os.fork()
+    except OSError:
+        os.close(read)
+        os.close(write)
+        raise
     if middle == 0:
         code = 1
         try:
@@ -157,14 +173,24 @@ def _fork(request: dict[str, Any], listener: socket.socket, conn: socket.socket,
                 try:
                     code = _replica(args, env, supervisor)
                 except SystemExit as exc:
-                    code = exc.code if isinstance(exc.code, int) else 1
+                    if exc.code is None or isinstance(exc.code, int):
+                        code = exc.code or 0
+                    else:
+                        print(exc.code, file=sys.stderr)
+                        code = 1
                 except BaseException:
                     logger.exception("replica %s: crashed", " ".join(args[1:3]))
                     code = 1
                 finally:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    os._exit(code)
+                    # What the interpreter's own exit would do, then leave without
+                    # running the zygote's cleanup.
+                    try:
+                        atexit._run_exitfuncs()
+                        logging.shutdown()
+                        sys.stdout.flush()
+                        sys.stderr.flush()
+                    finally:
+                        os._exit(code)
             os.write(write, str(pid).encode())
             code = 0
         finally:
@@ -180,6 +206,16 @@ def _fork(request: dict[str, Any], listener: socket.socket, conn: socket.socket,
     return int(data)
 
 
+def _gpu_runtime_loaded() -> bool:
+    """Whether a CUDA or ROCm driver library is mapped (a GPU runtime initialised at import
+    cannot be used after a fork)."""
+    try:
+        maps = open("/proc/self/maps").read()
+    except OSError:
+        return False
+    return "libcuda.so" in maps or "libamdhip64.so" in maps
+
+
 def main(argv: list[str]) -> int:
     from ..discover import load_server
     from ..log import configure_logging
@@ -192,14 +228,20 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     supervisor = os.getppid()
     load_server(target).catalog(settings)  # the app's modules and the models' types
-    if threading.active_count() > 1:
-        logger.warning("importing %s started a thread; forking would copy it half-way, so "
-                       "replicas are started as fresh processes instead", target)
+    if threading.active_count() > 1 or _gpu_runtime_loaded():
+        logger.warning("importing %s started a thread or a GPU runtime, which a fork would "
+                       "copy half-way: replicas are started as fresh processes instead "
+                       "(import heavy frameworks inside Model.load())", target)
         return ZYGOTE_CANNOT_FORK
     gc.collect()
     gc.freeze()  # imported objects stay out of the collector's passes: their pages stay shared
     path = str(runtime.zygote)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for stale in (path, f"{path}.tmp"):  # a previous zygote's, if it died
+        try:
+            os.unlink(stale)
+        except FileNotFoundError:
+            pass
     listener.bind(f"{path}.tmp")
     listener.listen(16)
     os.replace(f"{path}.tmp", path)  # there once it listens: the supervisor waits for it
