@@ -80,8 +80,9 @@ class PlacedEngine(Engine):
     def __init__(self, remote: Engine, inline: list[ModelSpec], *, stall_grace: float,
                  warm_up: bool, memory_warn_mb: int) -> None:
         self.remote = remote
-        self.inline_keys = frozenset(str(spec.key) for spec in inline)
-        self.watch = MemoryWatch([str(spec.key) for spec in inline], memory_warn_mb)
+        self._keys = [spec.key for spec in inline]
+        self.inline_keys = frozenset(str(key) for key in self._keys)
+        self.watch = MemoryWatch(sorted(self.inline_keys), memory_warn_mb)
         self.inline = InProcessEngine(inline, stall_grace=stall_grace, warm_up=warm_up,
                                       on_loaded=self.watch.check, on_hung=self._hung,
                                       load_attempts=MAX_LOAD_ATTEMPTS)
@@ -117,8 +118,7 @@ class PlacedEngine(Engine):
         """Wait until every inline model is done loading (ready or failed), at most
         ``timeout`` seconds: a new HTTP worker takes requests once its models are in."""
         deadline = time.monotonic() + timeout
-        keys = [ModelKey(*key.rsplit(":", 1)) for key in self.inline_keys]
-        while any(self.inline.status(k).state == "loading" for k in keys):
+        while any(self.inline.status(k).state == "loading" for k in self._keys):
             if time.monotonic() >= deadline:
                 logger.warning("HTTP worker %d takes requests while inline models are still "
                                "loading; they answer 503 until loaded", os.getpid())

@@ -74,3 +74,30 @@ def test_spawned_replicas_on_request(serve: Serve) -> None:
     (replica,) = model_procs(server, "replica", "sum")
     assert replica.ppid == server.proc.pid
     assert post(server, "/v1/models/sum/predict", {"values": [2]}).json()["pid"] == replica.pid
+
+
+def test_sizes_travel_to_the_dispatcher_and_group_batches(serve: Serve) -> None:
+    import threading
+
+    server = serve(str(APPS / "sized.py"), "--workers", "2", env=FAST_LOAD)
+    answers: dict[int, dict[str, object]] = {}
+
+    def send(words: int, delay: float = 0.0) -> None:
+        resp = post(server, "/v1/models/grouped/predict",
+                    {"text": " ".join(["w"] * words), "delay": delay})
+        assert resp.status_code == 200, resp.text
+        answers[words] = resp.json()
+
+    busy = threading.Thread(target=send, args=(1, 0.8))
+    busy.start()
+    wait_until(lambda: post(server, "/v1/models/grouped/predict", {"text": "x"},
+                            headers={"X-Request-Timeout": "0.2"}).status_code == 504,
+               20, "the replica to be busy")
+    senders = [threading.Thread(target=send, args=(n,)) for n in (10, 200, 11, 190, 12, 180)]
+    for t in senders:
+        t.start()
+    for t in [busy, *senders]:
+        t.join(30)
+    # Sent through both HTTP workers in mixed order; batched by size in the dispatcher.
+    assert sorted(answers[10]["batch"]) == [10, 11, 12]  # type: ignore[arg-type]
+    assert sorted(answers[200]["batch"]) == [180, 190, 200]  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -21,12 +22,23 @@ def _libc() -> ctypes.CDLL | None:
 _LIBC = _libc() if sys.platform.startswith("linux") else None
 
 
+def die_with_parent(sig: int, parent: int) -> bool:
+    """Receive ``sig`` when ``parent`` (this process's parent now) dies; False if it
+    already has (before the parent-death signal took effect)."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    return os.getppid() == parent
+
+
+def set_child_subreaper() -> bool:
+    """Make orphaned descendants of this process its children (Linux); whether it worked."""
+    return _LIBC is not None and _LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
 def _die_with_parent(sig: int, parent: int) -> Callable[[], None]:
     def preexec() -> None:
         # Runs in the child between fork and exec. The parent-death signal survives exec.
-        if _LIBC is not None:
-            _LIBC.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
+        if not die_with_parent(sig, parent):
             os._exit(1)
     return preexec
 

@@ -46,13 +46,12 @@ from ..transport.protocol import Command, Configure, ProtocolError, Reply, decod
 from ..dispatch.core import MAX_REPLICAS
 from .replica import MAX_LOAD_ATTEMPTS
 from .runtime import ModelEntry, Runtime
-from .spawn import spawn
+from .spawn import set_child_subreaper, spawn
 from .zygote import (
     ZYGOTE_CANNOT_FORK,
     ForkedProcess,
     ZygoteClient,
     ZygoteNotReady,
-    become_subreaper,
 )
 from .title import set_title
 
@@ -139,7 +138,7 @@ class Supervisor:
         # and re-parented here: this process must be their subreaper.
         self._zygote: Child | None = None
         self._subreaper = False
-        if settings.replica_start == "fork" and become_subreaper():
+        if settings.replica_start == "fork" and set_child_subreaper():
             self._subreaper = True
             self._zygote = Child("zygote", "zygote", [run_dir])
             self.children.append(self._zygote)

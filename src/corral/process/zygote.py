@@ -35,20 +35,14 @@ import time
 from typing import Any
 
 from .runtime import Runtime
-from .spawn import _LIBC, _PR_SET_PDEATHSIG
+from .spawn import die_with_parent
 from .title import set_title
 
 logger = logging.getLogger(__name__)
 
-_PR_SET_CHILD_SUBREAPER = 36
 ZYGOTE_CANNOT_FORK = 3  # exit code: this app cannot be forked safely (it started threads)
 _READY_WAIT = 60.0  # seconds the supervisor waits for a starting zygote (it imports the app)
 _ANSWER_WAIT = 10.0
-
-
-def become_subreaper() -> bool:
-    """Make orphaned descendants of this process its children (Linux); whether it worked."""
-    return _LIBC is not None and _LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
 class ForkedProcess:
@@ -130,9 +124,7 @@ def _replica(args: list[str], env: dict[str, str], supervisor: int) -> int:
         if time.monotonic() >= deadline:
             return 1
         time.sleep(0.001)
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != supervisor:  # the supervisor died before prctl took effect
+    if not die_with_parent(signal.SIGKILL, supervisor):  # it died meanwhile
         return 1
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
