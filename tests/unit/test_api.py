@@ -779,3 +779,56 @@ def test_a_model_that_sizes_inputs_gets_batches_of_similar_size() -> None:
     assert "secret" not in resp.get_data(as_text=True) and resp.get_json()["error_id"]
     assert len(SizedModel.batches) == 3
     app.extensions["corral.engine"].stop()
+
+
+def test_predict_below_flask_and_through_flask_answer_alike(client: FlaskClient,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    # "/predict/" is left to Flask's rule (strict_slashes off); "/predict" is answered
+    # below Flask. Same status, body, headers (but the request id), errors and metrics.
+    def count(status: str) -> float:
+        line = f'corral_requests_total{{model="sum",status="{status}",version="1"}} '
+        text = client.get("/metrics").get_data(as_text=True)
+        return float(text.split(line)[1].split("\n")[0]) if line in text else 0.0
+
+    before = count("200"), count("422")
+    for body in ({"values": [1, 2]}, [{"values": [1]}, {"values": [3, 4]}], {"values": "x"},
+                 "nope"):
+        fast = post(client, "/v1/models/sum/predict", body, headers={"X-Request-ID": "r-1"})
+        slow = post(client, "/v1/models/sum/predict/", body, headers={"X-Request-ID": "r-1"})
+        assert (fast.status, fast.get_data(), fast.content_type) == \
+            (slow.status, slow.get_data(), slow.content_type)
+        assert fast.headers["X-Request-ID"] == slow.headers["X-Request-ID"] == "r-1"
+        assert fast.headers["Content-Length"] == str(len(fast.get_data()))
+    bad_id = post(client, "/v1/models/sum/predict", {"values": [1]},
+                  headers={"X-Request-ID": "no spaces allowed"})
+    assert bad_id.headers["X-Request-ID"] != "no spaces allowed"
+    assert len(bad_id.headers["X-Request-ID"]) == 32
+    unknown = post(client, "/v1/models/nope/versions/1/predict", {"values": [1]})
+    assert_problem(unknown, 404, "model-not-found")
+    assert "sum" in unknown.get_json()["detail"]
+    assert (count("200") - before[0], count("422") - before[1]) == (5, 4)
+    assert 'model="nope"' not in client.get("/metrics").get_data(as_text=True)
+
+
+def test_a_bug_on_the_predict_path_is_a_500_with_an_id(caplog: pytest.LogCaptureFixture) -> None:
+    app = make_app(EchoV1Model, access_log=True)
+    engine = app.extensions["corral.engine"]
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("internal detail")
+
+    try:
+        engine.submit = broken
+        with caplog.at_level(logging.INFO):
+            resp = post(app.test_client(), "/v1/models/echo/predict?x=1", {"word": "a"},
+                        headers={"X-Request-ID": "bug-1"})
+        problem = assert_problem(resp, 500, "internal-error")
+        assert "internal detail" not in resp.get_data(as_text=True)
+        assert resp.headers["X-Request-ID"] == "bug-1"
+        logged = [r for r in caplog.records if r.name == "corral.api.problems"]
+        assert problem["error_id"] in logged[0].getMessage() and logged[0].exc_info
+        access = [r.getMessage() for r in caplog.records if r.name == "corral.access"]
+        assert access == [f'127.0.0.1 "POST /v1/models/echo/predict?x=1" 500 '
+                          f'{access[0].split(" ")[4]} model=- batch=- id=bug-1']
+    finally:
+        app.extensions["corral.engine"].stop()

@@ -11,7 +11,8 @@ from ..registry.catalog import Catalog
 from ..schema.openapi import ApiInfo, build_openapi
 from .docs import install_docs
 from .jobs import JobRoutes
-from .cors import install_cors
+from .cors import Cors, install_cors
+from .predict import Predict
 from .problems import install_error_handlers
 from .requestlog import install_request_log
 from .routes import Routes
@@ -29,6 +30,19 @@ def create_app(catalog: Catalog, engine: Engine, settings: Settings, jobs: JobSe
     app.url_map.merge_slashes = False  # "//v1//models" is a 404, not a redirect
     app.url_map.strict_slashes = False  # "/v1/models/" is "/v1/models"
     install_error_handlers(app)
+
+    def start_engine() -> None:
+        engine.start()
+        jobs.start()
+
+    cors = Cors(settings.cors_origins) if settings.cors_origins else None
+    predict = Predict(catalog, engine, settings, before=start_engine, cors=cors)
+    for rule, endpoint in (("/v1/models/<name>/predict", "predict"),
+                           ("/v1/models/<name>/versions/<version>/predict", "predict_version")):
+        app.add_url_rule(rule, endpoint, predict.view, methods=["POST"])
+    # Predict requests are answered below Flask (api/predict.py); ProxyFix, installed
+    # with the request log, goes around both so that they see the same client address.
+    app.wsgi_app = predict.middleware(app.wsgi_app)  # type: ignore[method-assign,assignment]
     install_request_log(app, settings)
     Routes(catalog, engine, settings).register(app)
     waiters = settings.worker_connections if settings.worker_class == "gevent" else settings.threads
@@ -43,12 +57,8 @@ def create_app(catalog: Catalog, engine: Engine, settings: Settings, jobs: JobSe
     def index() -> Response:
         return redirect("docs", code=302)  # type: ignore[return-value]
 
-    @app.before_request
-    def start_engine() -> None:
-        engine.start()
-        jobs.start()
-
-    if settings.cors_origins:
-        install_cors(app, settings.cors_origins)
+    app.before_request(start_engine)
+    if cors is not None:
+        install_cors(app, cors)
 
     return app

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 
-from flask import Request
+from werkzeug.wrappers import Request
 
 from ..errors import InvalidJSON, PayloadTooLarge, UnsupportedMediaType
 

@@ -16,23 +16,40 @@ EXPOSED_HEADERS = "Retry-After, X-Request-ID"
 MAX_AGE = "600"
 
 
-def install_cors(app: Flask, origins: list[str]) -> None:
-    """Answer CORS for ``origins`` (``*`` allows any) on every response of ``app``."""
-    any_origin = "*" in origins
-    allowed = set(origins)
+class Cors:
+    """The CORS headers of a response, for the allowed ``origins`` (``*`` allows any)."""
+
+    def __init__(self, origins: list[str]) -> None:
+        self.any_origin = "*" in origins
+        self.allowed = set(origins)
+
+    def headers(self, origin: str | None, preflight: str | None) -> list[tuple[str, str]]:
+        """Headers for a request from ``origin``; ``preflight`` is the ``Allow`` of a
+        preflight request's path (None for any other request)."""
+        if origin is None or not (self.any_origin or origin in self.allowed):
+            return []
+        out = [("Access-Control-Allow-Origin", "*" if self.any_origin else origin)]
+        if not self.any_origin:
+            out.append(("Vary", "Origin"))
+        out.append(("Access-Control-Expose-Headers", EXPOSED_HEADERS))
+        if preflight is not None:
+            out += [("Access-Control-Allow-Methods", preflight),
+                    ("Access-Control-Allow-Headers", ALLOWED_HEADERS),
+                    ("Access-Control-Max-Age", MAX_AGE)]
+        return out
+
+
+def install_cors(app: Flask, cors: Cors) -> None:
+    """Answer CORS on every response of ``app`` that Flask makes."""
 
     @app.after_request
     def add_cors_headers(response: Response) -> Response:
-        origin = request.headers.get("Origin")
-        if origin is None or not (any_origin or origin in allowed):
-            return response
-        response.headers["Access-Control-Allow-Origin"] = "*" if any_origin else origin
-        if not any_origin:
-            response.headers.add("Vary", "Origin")
-        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+        preflight = None
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            response.headers["Access-Control-Allow-Methods"] = response.headers.get(
-                "Allow", "GET, POST, PUT")
-            response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
-            response.headers["Access-Control-Max-Age"] = MAX_AGE
+            preflight = response.headers.get("Allow", "GET, POST, PUT")
+        for name, value in cors.headers(request.headers.get("Origin"), preflight):
+            if name == "Vary":
+                response.headers.add(name, value)
+            else:
+                response.headers[name] = value
         return response

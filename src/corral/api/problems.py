@@ -52,6 +52,16 @@ def _from_http_exception(exc: HTTPException) -> CorralError | Response:
     return Response(compact_json(body), status=status_line(code), mimetype=PROBLEM_JSON)
 
 
+def internal_error(exc: BaseException, method: str, path: str) -> InternalError:
+    """The 500 for an error nobody expected: logged here once with its traceback and an
+    error id; the client gets the id, never the traceback."""
+    error_id = new_error_id()
+    logger.error("unhandled error on %s %s (error id %s)", method, path, error_id,
+                 exc_info=exc)
+    return InternalError(f"The server failed on this request; error id {error_id}.",
+                         error_id=error_id)
+
+
 def install_error_handlers(app: Flask) -> None:
     @app.errorhandler(CorralError)
     def corral_error(err: CorralError) -> Response:
@@ -64,8 +74,4 @@ def install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        error_id = new_error_id()
-        logger.error("unhandled error on %s %s (error id %s)", request.method, request.path,
-                     error_id, exc_info=exc)
-        return problem_response(InternalError(
-            f"The server failed on this request; error id {error_id}.", error_id=error_id))
+        return problem_response(internal_error(exc, request.method, request.path))

@@ -49,16 +49,37 @@ class _NewIds:
 new_request_id = _NewIds()
 
 
+def request_id_from(given: str) -> str:
+    """The client's ``X-Request-ID`` when it is a valid one, else a new id."""
+    return given if given and _VALID.match(given) else new_request_id()
+
+
+class AccessLog:
+    """One line per request on ``corral.access`` (``CORRAL_ACCESS_LOG=1``)."""
+
+    def log(self, client: str | None, method: str, path: str, query: str, status: int,
+            started: float, model: str | None, batch: int, request_id: str) -> None:
+        ms = (time.perf_counter() - started) * 1000
+        shown_model = model or "-"
+        shown_batch = batch or "-"
+        full_path = f"{path}?{query}" if query else path
+        access.info('%s "%s %s" %d %.1fms model=%s batch=%s id=%s', client, method, full_path,
+                    status, ms, shown_model, shown_batch, request_id, extra={"request": {
+                        "client": client, "method": method, "path": path, "status": status,
+                        "latency_ms": round(ms, 3), "model": shown_model,
+                        "batch": batch or None, "request_id": request_id}})
+
+
 def install_request_log(app: Flask, settings: Settings) -> None:
     if settings.proxy_hops:
         hops = settings.proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops,  # type: ignore[method-assign]
                                 x_host=hops)
+    access_log = AccessLog() if settings.access_log else None
 
     @app.before_request
     def take_request_id() -> None:
-        given = request.headers.get(HEADER, "")
-        g.request_id = given if _VALID.match(given) else new_request_id()
+        g.request_id = request_id_from(request.headers.get(HEADER, ""))
         g.started = time.perf_counter()
 
     @app.after_request
@@ -67,16 +88,9 @@ def install_request_log(app: Flask, settings: Settings) -> None:
         if request_id is None:  # the request failed before before_request ran
             return response
         response.headers[HEADER] = request_id
-        if settings.access_log:
-            ms = (time.perf_counter() - g.started) * 1000
-            model = str(getattr(g, "model", "") or "-")
-            batch = getattr(g, "batch", 0) or "-"
-            access.info('%s "%s %s" %d %.1fms model=%s batch=%s id=%s', request.remote_addr,
-                        request.method, request.full_path.rstrip("?"), response.status_code,
-                        ms, model, batch, request_id, extra={"request": {
-                            "client": request.remote_addr, "method": request.method,
-                            "path": request.path, "status": response.status_code,
-                            "latency_ms": round(ms, 3), "model": model,
-                            "batch": batch if batch != "-" else None,
-                            "request_id": request_id}})
+        if access_log is not None:
+            access_log.log(request.remote_addr, request.method, request.path,
+                           request.query_string.decode("latin-1"), response.status_code,
+                           g.started, str(getattr(g, "model", "") or ""),
+                           getattr(g, "batch", 0) or 0, request_id)
         return response

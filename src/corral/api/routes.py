@@ -1,19 +1,17 @@
-"""The v1 endpoints: predict, model listing, health and readiness."""
+"""The v1 endpoints: model listing, health and readiness (predict is in :mod:`.predict`)."""
 
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response
 
 from ..config import Settings
 from ..engine import Engine
 from .. import metrics
-from ..errors import ClientClosedRequest, CorralError, InvalidInput, RequestTimeout
+from ..errors import InvalidInput
 from ..registry.catalog import Catalog
-from ..registry.spec import ModelSpec
 from ..schema.api_types import (
     BatchingInfo,
     ModelInfo,
@@ -22,13 +20,8 @@ from ..schema.api_types import (
     Readiness,
     VersionInfo,
 )
-from ..schema.inputs import parse_json, validate_inputs
-from ..schema.openapi import MIN_REQUEST_TIMEOUT
-from .body import read_json_body
-from ..schema.problems import output_documents
 from .problems import compact_json, status_line
 
-TIMEOUT_HEADER = "X-Request-Timeout"
 # A plain decimal number, as in JSON (no "1_0", "0x10", "inf" or non-ASCII digits).
 SECONDS = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$")
 
@@ -67,67 +60,9 @@ class Routes:
         app.add_url_rule("/v1/models", "list_models", self.list_models, methods=["GET"])
         app.add_url_rule("/v1/models/<name>", "describe_model", self.describe_model,
                          methods=["GET"])
-        app.add_url_rule("/v1/models/<name>/predict", "predict", self.predict, methods=["POST"])
-        app.add_url_rule("/v1/models/<name>/versions/<version>/predict", "predict_version",
-                         self.predict, methods=["POST"])
         app.add_url_rule("/healthz", "healthz", self.healthz, methods=["GET"])
         app.add_url_rule("/readyz", "readyz", self.readyz, methods=["GET"])
         app.add_url_rule("/metrics", "metrics", self.metrics, methods=["GET"])
-
-    # -- predict ----------------------------------------------------------------------
-
-    def predict(self, name: str, version: str | None = None) -> Response:
-        spec = self.catalog.resolve(name, version)  # unknown names are not counted
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = self._predict(spec)
-            status = response.status_code
-            return response
-        except CorralError as exc:
-            status = exc.status
-            raise
-        finally:
-            metrics.labelled(metrics.REQUESTS, spec.name, spec.version, str(status)).inc()
-            metrics.labelled(metrics.REQUEST_DURATION, spec.name, spec.version).observe(
-                time.perf_counter() - started)
-
-    def _predict(self, spec: ModelSpec) -> Response:
-        deadline = time.monotonic() + self._timeout(spec)
-        body = read_json_body(request, self.settings.max_body_bytes)
-        payload = parse_json(body, self.settings.max_json_depth)
-        inputs, is_batch = validate_inputs(spec.input_type, body, payload,
-                                           min(self.settings.max_items, spec.batching.max_queue))
-        g.model = spec.key
-        size = spec.input_size([i.value for i in inputs]) if spec.size_of else None
-        handle = self.engine.submit(spec.key, inputs, deadline, request_id=g.request_id,
-                                    size=size)
-        try:
-            outputs = handle.result(deadline - time.monotonic(),
-                                    request.environ.get("gunicorn.socket"))
-        except (RequestTimeout, ClientClosedRequest):
-            handle.cancel()
-            raise
-        g.batch = handle.batch
-        documents = output_documents(outputs, is_batch, spec.per_item_errors)
-        body = b"[" + b",".join(documents) + b"]" if is_batch else documents[0]
-        return Response(body, status=status_line(200), mimetype="application/json")
-
-    def _timeout(self, spec: ModelSpec) -> float:
-        """The request's time budget: the model's timeout, or less if the client asks."""
-        limit = spec.batching.timeout
-        raw = request.headers.get(TIMEOUT_HEADER)
-        if raw is None:
-            return limit
-        asked = parse_seconds(raw, ["header", TIMEOUT_HEADER], TIMEOUT_HEADER)
-        if asked < MIN_REQUEST_TIMEOUT:
-            raise InvalidInput(
-                f"{TIMEOUT_HEADER} must be at least {MIN_REQUEST_TIMEOUT} seconds; got {raw}.",
-                errors=[{"loc": ["header", TIMEOUT_HEADER],
-                         "msg": f"Input should be greater than or equal to {MIN_REQUEST_TIMEOUT}",
-                         "type": "greater_than_equal"}],
-            )
-        return min(asked, limit)
 
     # -- models -----------------------------------------------------------------------
 

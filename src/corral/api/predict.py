@@ -1,0 +1,213 @@
+"""The predict endpoint, the one hot path of the API, served below Flask.
+
+``POST /v1/models/<name>/predict`` and ``.../versions/<version>/predict`` are answered
+by :class:`Predict` as plain WSGI, in front of the Flask app: a request that is not a
+POST to one of those two paths goes on to Flask unchanged. Everything a predict
+request gets through Flask it gets here from the same functions: the body read within
+its limits (:mod:`.body`), the JSON and input checks, the request id and access log
+(:mod:`.requestlog`), CORS headers (:mod:`.cors`), problem documents and the error id
+of an unexpected failure (:mod:`.problems`), the request metrics. What it does not pay
+for is Flask's own per-request machinery (request context, URL adapter, hooks,
+response object), about half of what a no-op request cost in the HTTP worker (see
+docs/decisions.md, "The predict path below Flask").
+
+Flask still routes the same URLs (to :meth:`Predict.view`), so that ``OPTIONS``, a
+wrong method (405 with ``Allow``) and any path this module does not take as its own
+(``/v1/models/x/predict/``) are answered exactly as before.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from flask import Response, g, request
+from werkzeug.wrappers import Request
+
+from .. import metrics
+from ..config import Settings
+from ..engine import Engine
+from ..errors import ClientClosedRequest, CorralError, InvalidInput, RequestTimeout
+from ..registry.catalog import Catalog
+from ..registry.spec import ModelSpec
+from ..schema.inputs import parse_json, validate_inputs
+from ..schema.openapi import MIN_REQUEST_TIMEOUT
+from ..schema.problems import compact_json, output_documents, problem_document
+from .body import read_json_body
+from .cors import Cors
+from .problems import PROBLEM_JSON, internal_error, status_line
+from .requestlog import HEADER as REQUEST_ID_HEADER
+from .requestlog import AccessLog, request_id_from
+from .routes import parse_seconds
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+PREFIX = "/v1/models/"
+TIMEOUT_HEADER = "X-Request-Timeout"
+JSON = "application/json"
+
+
+class Answer:
+    """What a predict request gets: status, body, extra headers, and for the access log
+    the model version that computed it and its batch size."""
+
+    __slots__ = ("status", "body", "content_type", "headers", "model", "batch")
+
+    def __init__(self, status: int, body: bytes, content_type: str = JSON,
+                 headers: dict[str, str] | None = None, model: str | None = None,
+                 batch: int = 0) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers
+        self.model = model
+        self.batch = batch
+
+    @classmethod
+    def problem(cls, err: CorralError, model: str | None = None) -> Answer:
+        return cls(err.status, compact_json(problem_document(err)).encode(), PROBLEM_JSON,
+                   err.headers(), model)
+
+
+class Predict:
+    """Predict requests for one catalog, engine and settings."""
+
+    def __init__(self, catalog: Catalog, engine: Engine, settings: Settings,
+                 before: Callable[[], None], cors: Cors | None) -> None:
+        self.catalog = catalog
+        self.engine = engine
+        self.settings = settings
+        self.before = before  # starts the engine and jobs, as Flask's before_request does
+        self.cors = cors
+        self.access = AccessLog() if settings.access_log else None
+
+    # -- below Flask ------------------------------------------------------------------
+
+    def middleware(self, app: WSGIApplication) -> WSGIApplication:
+        """``app`` with predict requests answered here, before they reach it."""
+
+        def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+            target = _target(environ) if environ.get("REQUEST_METHOD") == "POST" else None
+            if target is None:
+                return app(environ, start_response)
+            return self.serve(environ, start_response, *target)
+
+        return wsgi
+
+    def serve(self, environ: WSGIEnvironment, start_response: StartResponse, name: str,
+              version: str | None) -> Iterable[bytes]:
+        started = time.perf_counter()
+        request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID", ""))
+        try:
+            self.before()
+            answer = self.answer(environ, name, version, request_id)
+        except Exception as exc:  # anything else is a bug: a 500 with an error id
+            method, path = environ.get("REQUEST_METHOD", ""), _path(environ)
+            answer = Answer.problem(internal_error(exc, method, path))
+        headers = [("Content-Type", answer.content_type),
+                   ("Content-Length", str(len(answer.body))),
+                   (REQUEST_ID_HEADER, request_id)]
+        if answer.headers:
+            headers.extend(answer.headers.items())
+        if self.cors is not None:
+            headers.extend(self.cors.headers(environ.get("HTTP_ORIGIN"), preflight=None))
+        start_response(status_line(answer.status), headers)
+        if self.access is not None:
+            query = environ.get("QUERY_STRING", "")
+            self.access.log(environ.get("REMOTE_ADDR"), "POST", _path(environ), query,
+                            answer.status, started, answer.model, answer.batch, request_id)
+        return [answer.body]
+
+    # -- through Flask (the same answer, for the paths the middleware leaves to it) ----
+
+    def view(self, name: str, version: str | None = None) -> Response:
+        answer = self.answer(request.environ, name, version, g.request_id)
+        g.model, g.batch = answer.model, answer.batch
+        return Response(answer.body, status=status_line(answer.status),
+                        content_type=answer.content_type, headers=answer.headers)
+
+    # -- the answer -------------------------------------------------------------------
+
+    def answer(self, environ: WSGIEnvironment, name: str, version: str | None,
+               request_id: str) -> Answer:
+        """The answer to one predict request; a CorralError becomes its problem document,
+        anything else is raised."""
+        try:
+            spec = self.catalog.resolve(name, version)  # unknown names are not counted
+        except CorralError as err:
+            return Answer.problem(err)
+        started = time.perf_counter()
+        status = 500
+        try:
+            answer = self._predict(spec, environ, request_id)
+        except CorralError as err:
+            answer = Answer.problem(err, str(spec.key))
+        finally:
+            metrics.labelled(metrics.REQUEST_DURATION, spec.name, spec.version).observe(
+                time.perf_counter() - started)
+        status = answer.status
+        metrics.labelled(metrics.REQUESTS, spec.name, spec.version, str(status)).inc()
+        return answer
+
+    def _predict(self, spec: ModelSpec, environ: WSGIEnvironment, request_id: str) -> Answer:
+        settings = self.settings
+        deadline = time.monotonic() + self._timeout(spec, environ.get("HTTP_X_REQUEST_TIMEOUT"))
+        body = read_json_body(Request(environ), settings.max_body_bytes)
+        payload = parse_json(body, settings.max_json_depth)
+        inputs, is_batch = validate_inputs(spec.input_type, body, payload,
+                                           min(settings.max_items, spec.batching.max_queue))
+        size = spec.input_size([i.value for i in inputs]) if spec.size_of else None
+        handle = self.engine.submit(spec.key, inputs, deadline, request_id=request_id,
+                                    size=size)
+        try:
+            outputs = handle.result(deadline - time.monotonic(), environ.get("gunicorn.socket"))
+        except (RequestTimeout, ClientClosedRequest):
+            handle.cancel()
+            raise
+        documents = output_documents(outputs, is_batch, spec.per_item_errors)
+        body = b"[" + b",".join(documents) + b"]" if is_batch else documents[0]
+        return Answer(200, body, model=str(spec.key), batch=handle.batch)
+
+    @staticmethod
+    def _timeout(spec: ModelSpec, raw: str | None) -> float:
+        """The request's time budget: the model's timeout, or less if the client asks."""
+        limit = spec.batching.timeout
+        if raw is None:
+            return limit
+        asked = parse_seconds(raw, ["header", TIMEOUT_HEADER], TIMEOUT_HEADER)
+        if asked < MIN_REQUEST_TIMEOUT:
+            raise InvalidInput(
+                f"{TIMEOUT_HEADER} must be at least {MIN_REQUEST_TIMEOUT} seconds; got {raw}.",
+                errors=[{"loc": ["header", TIMEOUT_HEADER],
+                         "msg": f"Input should be greater than or equal to {MIN_REQUEST_TIMEOUT}",
+                         "type": "greater_than_equal"}],
+            )
+        return min(asked, limit)
+
+
+def _target(environ: WSGIEnvironment) -> tuple[str, str | None] | None:
+    """(name, version) of a predict path, exactly as Flask's rules spell it; None for any
+    other path (it goes on to Flask)."""
+    path: str = environ.get("PATH_INFO", "")
+    if not path.startswith(PREFIX):
+        return None
+    parts = _decode(path[len(PREFIX):]).split("/")
+    if len(parts) == 2 and parts[1] == "predict" and parts[0]:
+        return parts[0], None
+    if len(parts) == 4 and parts[1] == "versions" and parts[3] == "predict" \
+            and parts[0] and parts[2]:
+        return parts[0], parts[2]
+    return None
+
+
+def _decode(raw: str) -> str:
+    """A WSGI path (bytes as latin-1) as text, as Werkzeug decodes it."""
+    return raw.encode("latin-1").decode("utf-8", "replace")
+
+
+def _path(environ: WSGIEnvironment) -> str:
+    """The path as Werkzeug's ``request.path`` gives it (below any mount point)."""
+    return "/" + _decode(environ.get("PATH_INFO", "")).lstrip("/")
+
