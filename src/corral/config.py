@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
     workers: int = Field(1, ge=1, description="HTTP worker processes.")
     threads: int = Field(
-        32, ge=1, description="Threads per gthread HTTP worker; high enough for batches to fill."
+        64, ge=1, description="Threads per gthread HTTP worker: the most requests one worker "
+        "has in flight; high enough for batches to fill when clients spread unevenly "
+        "over workers."
     )
     worker_class: Literal["gthread", "gevent"] = Field(
         "gthread", description="Gunicorn worker class for the HTTP workers."

@@ -18,6 +18,7 @@ wrong method (405 with ``Allow``) and any path this module does not take as its 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -43,6 +44,11 @@ from .routes import parse_seconds
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+# This process's id, kept current across forks (os.getpid() is a system call; the hot
+# path asks once per request whether the engine was started in this process).
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 PREFIX = "/v1/models/"
 TIMEOUT_HEADER = "X-Request-Timeout"
@@ -82,6 +88,7 @@ class Predict:
         self.before = before  # starts the engine and jobs, as Flask's before_request does
         self.cors = cors
         self.access = AccessLog() if settings.access_log else None
+        self._started_in: int | None = None  # the pid where ``before`` last succeeded
 
     # -- below Flask ------------------------------------------------------------------
 
@@ -101,7 +108,9 @@ class Predict:
         started = time.perf_counter()
         request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID", ""))
         try:
-            self.before()
+            if self._started_in != _pid[0]:  # once per process: after a fork, again
+                self.before()
+                self._started_in = _pid[0]
             answer = self.answer(environ, name, version, request_id)
         except Exception as exc:  # anything else is a bug: a 500 with an error id
             method, path = environ.get("REQUEST_METHOD", ""), _path(environ)

@@ -332,6 +332,9 @@ class DispatchCore:
             return InternalError("A request with no inputs reached the dispatcher.")
         if msg.lane not in ("live", "background"):
             return InternalError(f"A request in an unknown lane {msg.lane!r}.")
+        if model.config.replicas and any(r.state == "ready" and not r.leaving
+                                         for r in model.replicas.values()):
+            return None  # serving: the common case, without building its status
         return model.status(self.clock()).refusal(model.key)
 
     # -- replicas ---------------------------------------------------------------------

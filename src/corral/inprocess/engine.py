@@ -76,19 +76,23 @@ class _Pending(Handle):
 
     def __init__(self, engine: InProcessEngine, key: ModelKey, rid: int) -> None:
         self._engine, self._key, self._rid = engine, key, rid
-        self._done = threading.Event()
+        # Held until the answer is in: a bare lock wakes the one waiter for less than an
+        # Event (a Condition, a waiter list and a lock per wait).
+        self._done = threading.Lock()
+        self._done.acquire()
         self._msg: Message | None = None
 
     def complete(self, msg: Message) -> None:
+        """Called once (the engine pops the request before completing it)."""
         self._msg = msg
-        self._done.set()
+        self._done.release()
 
     def refused(self) -> bool:
         return isinstance(self._msg, Failure)
 
     def result(self, timeout: float, client: socket.socket | None = None) -> Outputs:
         # Threads in this process cannot watch the client cheaply: ``client`` is unused.
-        if not self._done.wait(max(0.0, timeout)):
+        if self._msg is None and not self._done.acquire(timeout=max(0.0, timeout)):
             raise RequestTimeout(f"Model {self._key} gave no result in time.")
         if isinstance(self._msg, Failure):
             raise error_from_dict(self._msg.error)

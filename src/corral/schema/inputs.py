@@ -53,18 +53,17 @@ def parse_json(body: bytes, max_depth: int) -> Any:
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
+    """Whether a container sits deeper than ``limit`` (the top level is depth 1)."""
+    if not isinstance(value, (dict, list)):
+        return False
+    stack = [(value, 1)]  # containers only: scalars cannot be too deep
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children)
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
     return False
 
 
