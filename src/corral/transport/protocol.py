@@ -211,9 +211,17 @@ _CHECKS: dict[str, Any] = {
 }
 
 
+# Per message type, its fields (names of the JSON part; name and check of each field),
+# worked out once: dataclasses.fields() builds a new tuple on every call.
+_META_NAMES = {cls: tuple(f.name for f in fields(cls) if f.name != cls.PAYLOAD)
+               for cls in _TYPES.values()}
+_FIELD_CHECKS = {cls: tuple((f.name, f.type, _CHECKS[str(f.type)]) for f in fields(cls))
+                 for cls in _TYPES.values()}
+
+
 def encode(msg: Message) -> list[bytes]:
     """The frames of a message."""
-    meta = {f.name: getattr(msg, f.name) for f in fields(msg) if f.name != msg.PAYLOAD}
+    meta = {name: getattr(msg, name) for name in _META_NAMES[type(msg)]}
     frames = [MAGIC + bytes((VERSION, msg.TYPE)), json.dumps(meta).encode()]
     if msg.PAYLOAD:
         frames.extend(getattr(msg, msg.PAYLOAD))
@@ -240,7 +248,7 @@ def decode(frames: list[bytes]) -> Message:
         msg = cls(**meta)
     except (ValueError, TypeError, RecursionError) as exc:
         raise ProtocolError(f"bad {cls.__name__} message: {exc}") from None
-    for f in fields(msg):
-        if not _CHECKS[str(f.type)](getattr(msg, f.name)):
-            raise ProtocolError(f"bad {cls.__name__} message: {f.name} is not {f.type}")
+    for name, type_, check in _FIELD_CHECKS[cls]:
+        if not check(getattr(msg, name)):
+            raise ProtocolError(f"bad {cls.__name__} message: {name} is not {type_}")
     return msg
