@@ -67,10 +67,22 @@ def test_inline_models_run_in_each_http_worker_with_the_same_api(serve: Serve,
     assert all(a.status_code == 200 for a in answers)
     assert max(a.json()["batch_size"] for a in answers) > 1
 
+    # A deadline passes while the inline replica computes: 504 in time (the worker's wait
+    # on the replica thread gives up, under gevent too), and the worker still serves.
+    started = time.monotonic()
+    late = requests.post(server.url + "/v1/models/inline-sum/predict",
+                         json={"values": [1], "delay": 1.5},
+                         headers={"X-Request-Timeout": "0.3"}, timeout=10)
+    assert late.status_code == 504 and late.json()["type"] == "timeout", late.text
+    assert time.monotonic() - started < 1.2
+    assert post(server, "/v1/models/inline-sum/predict", {"values": [2]}).status_code == 200
+
     # Counted in /metrics, whichever worker answered.
     text = requests.get(server.url + "/metrics", timeout=10).text
     assert metric(text, "corral_requests_total", model="inline-sum", version="1",
-                  status="200") == 13
+                  status="200") == 14
+    assert metric(text, "corral_requests_total", model="inline-sum", version="1",
+                  status="504") == 1
     assert metric(text, "corral_batch_size_count", model="inline-sum") >= 1
 
     # Jobs of an inline model run in the HTTP workers, with the answer predict gives.

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, request
 from flask.testing import FlaskClient
 
 import corral
@@ -810,25 +810,92 @@ def test_predict_below_flask_and_through_flask_answer_alike(client: FlaskClient,
     assert 'model="nope"' not in client.get("/metrics").get_data(as_text=True)
 
 
+def _requests_counted(client: FlaskClient, model: str, status: str) -> float:
+    line = f'corral_requests_total{{model="{model}",status="{status}",version="1"}} '
+    text = client.get("/metrics").get_data(as_text=True)
+    return float(text.split(line)[1].split("\n")[0]) if line in text else 0.0
+
+
 def test_a_bug_on_the_predict_path_is_a_500_with_an_id(caplog: pytest.LogCaptureFixture) -> None:
-    app = make_app(EchoV1Model, access_log=True)
+    app = make_app(EchoV1Model, access_log=True, cors_origins=["https://app.example.com"])
     engine = app.extensions["corral.engine"]
+    client = app.test_client()
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("internal detail")
 
     try:
         engine.submit = broken
+        before = _requests_counted(client, "echo", "500")
         with caplog.at_level(logging.INFO):
-            resp = post(app.test_client(), "/v1/models/echo/predict?x=1", {"word": "a"},
-                        headers={"X-Request-ID": "bug-1"})
+            resp = post(client, "/v1/models/echo/predict?x=1", {"word": "a"},
+                        headers={"X-Request-ID": "bug-1", "Origin": "https://app.example.com"})
         problem = assert_problem(resp, 500, "internal-error")
         assert "internal detail" not in resp.get_data(as_text=True)
         assert resp.headers["X-Request-ID"] == "bug-1"
+        assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert _requests_counted(client, "echo", "500") == before + 1
         logged = [r for r in caplog.records if r.name == "corral.api.problems"]
         assert problem["error_id"] in logged[0].getMessage() and logged[0].exc_info
         access = [r.getMessage() for r in caplog.records if r.name == "corral.access"]
+        # The inputs were valid: the line names the model, as for any error after that.
         assert access == [f'127.0.0.1 "POST /v1/models/echo/predict?x=1" 500 '
-                          f'{access[0].split(" ")[4]} model=- batch=- id=bug-1']
+                          f'{access[0].split(" ")[4]} model=echo:1 batch=- id=bug-1']
     finally:
         app.extensions["corral.engine"].stop()
+
+
+def test_access_log_lines_alike_below_and_through_flask(caplog: pytest.LogCaptureFixture) -> None:
+    app = make_app(SumModel, access_log=True)
+    client = app.test_client()
+    try:
+        for body in ({"values": [1, 2]}, {"values": "x"}, "nope"):
+            for path in ("/v1/models/sum/predict", "/v1/models/sum/predict/"):
+                caplog.clear()
+                with caplog.at_level(logging.INFO, logger="corral.access"):
+                    post(client, path + "?q=1", body, headers={"X-Request-ID": "same"})
+                (line,) = [r for r in caplog.records if r.name == "corral.access"]
+                words = line.getMessage().replace(path, "PATH").split(" ")
+                del words[4]  # the latency
+                shown = line.request  # type: ignore[attr-defined]
+                if path.endswith("/"):
+                    assert words == fast_words and shown["model"] == fast["model"]
+                    assert shown["status"] == fast["status"]
+                else:
+                    fast_words, fast = words, shown
+            assert ("model=-" in fast_words) == (body != {"values": [1, 2]})
+    finally:
+        app.extensions["corral.engine"].stop()
+
+
+def test_hooks_added_to_the_app_run_for_predict_too() -> None:
+    # A user's own before_request (an auth check, say) added after create_app() must not
+    # be skipped by the predict path below Flask.
+    app = corral.Server([EchoV1Model]).create_app(Settings())
+    seen: list[str] = []
+    try:
+        client = app.test_client()
+
+        @app.before_request
+        def guard() -> Any:
+            seen.append(request.path)
+            if request.headers.get("Authorization") != "Bearer ok":
+                return {"detail": "no"}, 401
+            return None
+
+        refused = post(client, "/v1/models/echo/predict", {"word": "a"})
+        allowed = post(client, "/v1/models/echo/predict", {"word": "a"},
+                       headers={"Authorization": "Bearer ok"})
+        assert refused.status_code == 401 and allowed.status_code == 200
+        assert allowed.get_json()["upper"] == "A" and allowed.headers["X-Request-ID"]
+        assert seen == ["/v1/models/echo/predict"] * 2
+    finally:
+        app.extensions["corral.engine"].stop()
+
+
+def test_status_lines_always_have_a_reason_phrase() -> None:
+    from corral.api.problems import status_line
+
+    assert status_line(422).startswith("422 Unprocessable ")
+    assert status_line(499) == "499 Client Closed Request"
+    assert status_line(599) == "599 Unknown"

@@ -42,7 +42,7 @@ def create_app(catalog: Catalog, engine: Engine, settings: Settings, jobs: JobSe
         app.add_url_rule(rule, endpoint, predict.view, methods=["POST"])
     # Predict requests are answered below Flask (api/predict.py); ProxyFix, installed
     # with the request log, goes around both so that they see the same client address.
-    app.wsgi_app = predict.middleware(app.wsgi_app)  # type: ignore[method-assign,assignment]
+    app.wsgi_app = predict.middleware(app, app.wsgi_app)  # type: ignore[method-assign,assignment]
     install_request_log(app, settings)
     Routes(catalog, engine, settings).register(app)
     waiters = settings.worker_connections if settings.worker_class == "gevent" else settings.threads
@@ -60,5 +60,6 @@ def create_app(catalog: Catalog, engine: Engine, settings: Settings, jobs: JobSe
     app.before_request(start_engine)
     if cors is not None:
         install_cors(app, cors)
+    predict.seal(app)
 
     return app

@@ -18,12 +18,14 @@ wrong method (405 with ``Allow``) and any path this module does not take as its 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from flask import Response, g, request
+from flask import (Flask, Response, g, got_request_exception, request, request_finished,
+                   request_started, request_tearing_down)
 from werkzeug.wrappers import Request
 
 from .. import metrics
@@ -44,6 +46,8 @@ from .routes import parse_seconds
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+logger = logging.getLogger(__name__)
 
 # This process's id, kept current across forks (os.getpid() is a system call; the hot
 # path asks once per request whether the engine was started in this process).
@@ -89,32 +93,43 @@ class Predict:
         self.cors = cors
         self.access = AccessLog() if settings.access_log else None
         self._started_in: int | None = None  # the pid where ``before`` last succeeded
+        self._own_hooks: tuple[int, ...] | None = None  # until sealed, Flask answers
 
     # -- below Flask ------------------------------------------------------------------
 
-    def middleware(self, app: WSGIApplication) -> WSGIApplication:
-        """``app`` with predict requests answered here, before they reach it."""
+    def middleware(self, flask_app: Flask, app: WSGIApplication) -> WSGIApplication:
+        """``app`` (``flask_app``'s WSGI callable) with predict requests answered here,
+        before they reach it; call :meth:`seal` once Corral's own hooks are installed."""
 
         def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
             target = _target(environ) if environ.get("REQUEST_METHOD") == "POST" else None
-            if target is None:
+            if target is None or _hooks(flask_app) != self._own_hooks:
+                # Not predict, or hooks added to the app after Corral's (an auth check, an
+                # instrumentation): Flask runs them, and Predict.view answers.
                 return app(environ, start_response)
             return self.serve(environ, start_response, *target)
 
         return wsgi
+
+    def seal(self, flask_app: Flask) -> None:
+        """The app's request hooks are Corral's own from here on."""
+        self._own_hooks = _hooks(flask_app)
 
     def serve(self, environ: WSGIEnvironment, start_response: StartResponse, name: str,
               version: str | None) -> Iterable[bytes]:
         started = time.perf_counter()
         request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID", ""))
         try:
-            if self._started_in != _pid[0]:  # once per process: after a fork, again
+            # Once per process. The pid is kept by an after-fork hook; a server that forks
+            # without running those (uWSGI without lazy apps) only makes each worker call
+            # ``before`` once, for the engine and jobs start themselves after a fork too.
+            if self._started_in != _pid[0]:
                 self.before()
                 self._started_in = _pid[0]
+        except Exception as exc:  # a bug: a 500 with an error id
+            answer = Answer.problem(internal_error(exc, "POST", _path(environ)))
+        else:
             answer = self.answer(environ, name, version, request_id)
-        except Exception as exc:  # anything else is a bug: a 500 with an error id
-            method, path = environ.get("REQUEST_METHOD", ""), _path(environ)
-            answer = Answer.problem(internal_error(exc, method, path))
         headers = [("Content-Type", answer.content_type),
                    ("Content-Length", str(len(answer.body))),
                    (REQUEST_ID_HEADER, request_id)]
@@ -122,11 +137,15 @@ class Predict:
             headers.extend(answer.headers.items())
         if self.cors is not None:
             headers.extend(self.cors.headers(environ.get("HTTP_ORIGIN"), preflight=None))
-        start_response(status_line(answer.status), headers)
         if self.access is not None:
-            query = environ.get("QUERY_STRING", "")
-            self.access.log(environ.get("REMOTE_ADDR"), "POST", _path(environ), query,
-                            answer.status, started, answer.model, answer.batch, request_id)
+            try:
+                self.access.log(environ.get("REMOTE_ADDR"), "POST", _path(environ),
+                                _decode(environ.get("QUERY_STRING", "")), answer.status,
+                                started, answer.model, answer.batch, request_id)
+            except Exception:  # a logging filter or handler that raises loses the line only
+                logger.exception("writing the access log line of request %s failed",
+                                 request_id)
+        start_response(status_line(answer.status), headers)
         return [answer.body]
 
     # -- through Flask (the same answer, for the paths the middleware leaves to it) ----
@@ -141,32 +160,35 @@ class Predict:
 
     def answer(self, environ: WSGIEnvironment, name: str, version: str | None,
                request_id: str) -> Answer:
-        """The answer to one predict request; a CorralError becomes its problem document,
-        anything else is raised."""
+        """The answer to one predict request, whatever happens: a CorralError becomes its
+        problem document, anything else (a bug) a 500 with an error id."""
         try:
             spec = self.catalog.resolve(name, version)  # unknown names are not counted
         except CorralError as err:
             return Answer.problem(err)
         started = time.perf_counter()
-        status = 500
+        validated: list[str] = []  # the model's key once the inputs are valid: the log's
         try:
-            answer = self._predict(spec, environ, request_id)
+            answer = self._predict(spec, environ, request_id, validated)
         except CorralError as err:
-            answer = Answer.problem(err, str(spec.key))
-        finally:
-            metrics.labelled(metrics.REQUEST_DURATION, spec.name, spec.version).observe(
-                time.perf_counter() - started)
-        status = answer.status
-        metrics.labelled(metrics.REQUESTS, spec.name, spec.version, str(status)).inc()
+            answer = Answer.problem(err)
+        except Exception as exc:
+            answer = Answer.problem(internal_error(exc, "POST", _path(environ)))
+        answer.model = validated[0] if validated else None
+        metrics.labelled(metrics.REQUEST_DURATION, spec.name, spec.version).observe(
+            time.perf_counter() - started)
+        metrics.labelled(metrics.REQUESTS, spec.name, spec.version, str(answer.status)).inc()
         return answer
 
-    def _predict(self, spec: ModelSpec, environ: WSGIEnvironment, request_id: str) -> Answer:
+    def _predict(self, spec: ModelSpec, environ: WSGIEnvironment, request_id: str,
+                 validated: list[str]) -> Answer:
         settings = self.settings
         deadline = time.monotonic() + self._timeout(spec, environ.get("HTTP_X_REQUEST_TIMEOUT"))
         body = read_json_body(Request(environ), settings.max_body_bytes)
         payload = parse_json(body, settings.max_json_depth)
         inputs, is_batch = validate_inputs(spec.input_type, body, payload,
                                            min(settings.max_items, spec.batching.max_queue))
+        validated.append(str(spec.key))
         size = spec.input_size([i.value for i in inputs]) if spec.size_of else None
         handle = self.engine.submit(spec.key, inputs, deadline, request_id=request_id,
                                     size=size)
@@ -177,7 +199,7 @@ class Predict:
             raise
         documents = output_documents(outputs, is_batch, spec.per_item_errors)
         body = b"[" + b",".join(documents) + b"]" if is_batch else documents[0]
-        return Answer(200, body, model=str(spec.key), batch=handle.batch)
+        return Answer(200, body, batch=handle.batch)
 
     @staticmethod
     def _timeout(spec: ModelSpec, raw: str | None) -> float:
@@ -209,6 +231,17 @@ def _target(environ: WSGIEnvironment) -> tuple[str, str | None] | None:
             and parts[0] and parts[2]:
         return parts[0], parts[2]
     return None
+
+
+def _hooks(app: Flask) -> tuple[int, ...]:
+    """What the app runs around a request besides the view: its hooks, and whether any
+    receiver listens to Flask's request signals."""
+    return (sum(map(len, app.before_request_funcs.values())),
+            sum(map(len, app.after_request_funcs.values())),
+            sum(map(len, app.teardown_request_funcs.values())),
+            sum(map(len, app.url_value_preprocessors.values())),
+            bool(request_started.receivers or request_finished.receivers
+                 or got_request_exception.receivers or request_tearing_down.receivers))
 
 
 def _decode(raw: str) -> str:

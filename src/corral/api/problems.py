@@ -22,6 +22,7 @@ from ..schema.problems import problem_document as problem_document
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+_EXTRA_PHRASES = {499: "Client Closed Request"}  # nginx's, for a client that went away
 
 
 def problem_response(err: CorralError) -> Response:
@@ -33,8 +34,8 @@ def status_line(code: int) -> str:
     """``422 Unprocessable Content`` rather than Werkzeug's upper-case reason phrase."""
     try:
         return f"{code} {HTTPStatus(code).phrase}"
-    except ValueError:
-        return str(code)
+    except ValueError:  # a status line needs a reason phrase (RFC 9112, PEP 3333)
+        return f"{code} {_EXTRA_PHRASES.get(code, 'Unknown')}"
 
 
 def _from_http_exception(exc: HTTPException) -> CorralError | Response:

@@ -51,7 +51,7 @@ new_request_id = _NewIds()
 
 def request_id_from(given: str) -> str:
     """The client's ``X-Request-ID`` when it is a valid one, else a new id."""
-    return given if given and _VALID.match(given) else new_request_id()
+    return given if given and _VALID.fullmatch(given) else new_request_id()
 
 
 class AccessLog:
@@ -90,7 +90,8 @@ def install_request_log(app: Flask, settings: Settings) -> None:
         response.headers[HEADER] = request_id
         if access_log is not None:
             access_log.log(request.remote_addr, request.method, request.path,
-                           request.query_string.decode("latin-1"), response.status_code,
+                           request.query_string.decode("utf-8", "replace"),
+                           response.status_code,
                            g.started, str(getattr(g, "model", "") or ""),
                            getattr(g, "batch", 0) or 0, request_id)
         return response

@@ -84,6 +84,8 @@ class _Pending(Handle):
 
     def complete(self, msg: Message) -> None:
         """Called once (the engine pops the request before completing it)."""
+        if self._msg is not None:
+            return
         self._msg = msg
         self._done.release()
 

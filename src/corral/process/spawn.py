@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -33,6 +34,18 @@ def die_with_parent(sig: int, parent: int) -> bool:
 def set_child_subreaper() -> bool:
     """Make orphaned descendants of this process its children (Linux); whether it worked."""
     return _LIBC is not None and _LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def raise_open_files_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit, for it and the
+    children it starts: the dispatcher holds a connection per HTTP thread (workers ×
+    threads), past a soft limit of 1024 at 16 workers of 64 threads."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):  # not allowed here: keep the limit there is
+        pass
 
 
 def _die_with_parent(sig: int, parent: int) -> Callable[[], None]:

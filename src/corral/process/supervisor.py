@@ -46,7 +46,7 @@ from ..transport.protocol import Command, Configure, ProtocolError, Reply, decod
 from ..dispatch.core import MAX_REPLICAS
 from .replica import MAX_LOAD_ATTEMPTS
 from .runtime import ModelEntry, Runtime
-from .spawn import set_child_subreaper, spawn
+from .spawn import raise_open_files_limit, set_child_subreaper, spawn
 from .zygote import (
     ZYGOTE_CANNOT_FORK,
     ForkedProcess,
@@ -131,6 +131,7 @@ class Supervisor:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.env = {**os.environ, metrics.MULTIPROC_ENV: str(self.runtime.metrics_dir)}
+        raise_open_files_limit()
         run_dir = str(self.runtime.path)
         self.children.append(Child("dispatcher", "dispatcher", [run_dir],
                                    pid_file=str(self.runtime.dispatcher_pid)))
