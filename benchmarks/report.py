@@ -118,10 +118,10 @@ def write_report(res: dict[str, Any]) -> str:
         "(cores ÷ workers, so the workers together use each core once; concurrent requests "
         "in one worker still compute concurrently).")
     add(f"- **corral**: `corral serve benchmarks/corral_app.py --workers {s['corral_workers']}` "
-        "(32 gthread threads per worker, the default), one dispatcher and the replicas of "
+        "(gthread workers of 64 threads, the default), one dispatcher and the replicas of "
         "the one model served. `corral RxT` is R replicas of T torch threads each "
         f"(`EMBEDDINGS_THREADS`, `OMP_NUM_THREADS`); the headline is **{headline}**. "
-        "The no-op model has one replica; **corral inline** serves it with `placement = \"inline\"` instead (one copy in each HTTP worker, no replica process). Both models batch with max_size 32, max_wait_ms 5."
+        "The no-op model has one replica; **corral inline** serves it with `placement = \"inline\"` instead (one copy in each HTTP worker, no replica process), and **corral inline gevent** the same with `--worker-class gevent`. Both models batch with max_size 32, max_wait_ms 5."
         + (" Extra environment for corral and the ceiling: "
            + ", ".join(f"`{k}={v}`" for k, v in s["corral_env"].items()) + "."
            if s.get("corral_env") else ""))
@@ -151,7 +151,7 @@ def write_report(res: dict[str, Any]) -> str:
     for workload in workloads:
         add(f"## {workload}")
         add("")
-        configs = ["naive", *(layouts if workload == "minilm" else ["corral", "corral inline"])]
+        configs = ["naive", *(layouts if workload == "minilm" else ["corral", "corral inline", "corral inline gevent"])]
         add("| stack | conns | req/s | p50 ms | p99 ms | errors | CPU/req ms | batch | "
             "other load |")
         add("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -271,6 +271,11 @@ def write_report(res: dict[str, Any]) -> str:
                                       pr("noop", "naive", 64, "rps"))
             add(f"| no-op, 64 conns: corral inline ≥ 0.9× naive throughput | {text} | "
                 f"{_verdict(None if ratio is None else ratio >= 0.9)} |")
+        if ("noop", "corral inline gevent", 64) in groups:
+            ratio, text = _ratio_text(pr("noop", "corral inline gevent", 64, "rps"),
+                                      pr("noop", "naive", 64, "rps"))
+            add(f"| no-op, 64 conns: corral inline, gevent workers ≥ 0.9× naive throughput | "
+                f"{text} | {_verdict(None if ratio is None else ratio >= 0.9)} |")
     if "naive" in mem and "corral" in mem:
         saved = mem["naive"]["pss_mib"] - mem["corral"]["pss_mib"]
         worker = mem["naive"]["by_role"].get("worker")

@@ -472,6 +472,7 @@ class Config:
     replicas: int = 1
     threads: int = 0
     inline: bool = False  # placement = "inline": the model inside each HTTP worker
+    worker_class: str = ""  # Corral's HTTP workers, when not the default (gthread)
 
 
 def configs_for(workload: str, args: argparse.Namespace) -> list[Config]:
@@ -484,6 +485,8 @@ def configs_for(workload: str, args: argparse.Namespace) -> list[Config]:
     else:
         out.append(Config("corral", "corral", 1, 1))
         out.append(Config("corral inline", "corral", 1, 1, inline=True))
+        out.append(Config("corral inline gevent", "corral", 1, 1, inline=True,
+                          worker_class="gevent"))
     return out
 
 
@@ -508,6 +511,8 @@ def run_server_config(cfg: Config, workload: str, rnd: int, args: argparse.Names
         extra = dict(args.corral_env)
         if cfg.inline:
             extra[f"CORRAL_MODELS__{model.upper()}__PLACEMENT"] = "inline"
+        if cfg.worker_class:
+            extra["CORRAL_WORKER_CLASS"] = cfg.worker_class
         server = corral_server(label, model, args.corral_workers, cfg.replicas,
                                cfg.threads or 1, env, workdir, extra)
     try:
