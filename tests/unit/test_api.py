@@ -899,3 +899,20 @@ def test_status_lines_always_have_a_reason_phrase() -> None:
     assert status_line(422).startswith("422 Unprocessable ")
     assert status_line(499) == "499 Client Closed Request"
     assert status_line(599) == "599 Unknown"
+
+
+def test_behind_proxies_the_log_names_the_client_they_name(caplog: pytest.LogCaptureFixture) -> None:
+    # CORRAL_PROXY_HOPS=1: the client is the last address the one proxy added, on the
+    # predict path below Flask as on Flask's own paths.
+    app = make_app(EchoV1Model, access_log=True, proxy_hops=1)
+    client = app.test_client()
+    try:
+        with caplog.at_level(logging.INFO, logger="corral.access"):
+            post(client, "/v1/models/echo/predict", {"word": "a"},
+                 headers={"X-Forwarded-For": "6.6.6.6, 10.1.2.3"})
+            client.get("/v1/models", headers={"X-Forwarded-For": "6.6.6.6, 10.1.2.3"})
+        lines = [r.getMessage() for r in caplog.records if r.name == "corral.access"]
+        assert len(lines) == 2
+        assert all(line.startswith('10.1.2.3 "') for line in lines), lines
+    finally:
+        app.extensions["corral.engine"].stop()
