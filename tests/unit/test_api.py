@@ -916,3 +916,26 @@ def test_behind_proxies_the_log_names_the_client_they_name(caplog: pytest.LogCap
         assert all(line.startswith('10.1.2.3 "') for line in lines), lines
     finally:
         app.extensions["corral.engine"].stop()
+
+
+def test_a_failed_start_on_the_predict_path_is_a_500_with_an_id() -> None:
+    app = make_app(EchoV1Model, cors_origins=["*"])  # served /readyz, no predict yet
+    jobs = app.extensions["corral.jobs"]
+    started = jobs.start
+
+    def broken() -> None:
+        raise RuntimeError("internal detail")
+
+    try:
+        jobs.start = broken
+        resp = post(app.test_client(), "/v1/models/echo/predict", {"word": "a"},
+                    headers={"X-Request-ID": "start-1", "Origin": "https://x.example"})
+        problem = assert_problem(resp, 500, "internal-error")
+        assert problem["error_id"] and "internal detail" not in resp.get_data(as_text=True)
+        assert resp.headers["X-Request-ID"] == "start-1"
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        jobs.start = started  # the next request tries again, and is served
+        assert post(app.test_client(), "/v1/models/echo/predict", {"word": "a"}).status_code \
+            == 200
+    finally:
+        app.extensions["corral.engine"].stop()

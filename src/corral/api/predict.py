@@ -252,4 +252,3 @@ def _decode(raw: str) -> str:
 def _path(environ: WSGIEnvironment) -> str:
     """The path as Werkzeug's ``request.path`` gives it (below any mount point)."""
     return "/" + _decode(environ.get("PATH_INFO", "")).lstrip("/")
-
