@@ -19,7 +19,6 @@ wrong method (405 with ``Allow``) and any path this module does not take as its 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -41,18 +40,13 @@ from .body import read_json_body
 from .cors import Cors
 from .problems import PROBLEM_JSON, internal_error, status_line
 from .requestlog import HEADER as REQUEST_ID_HEADER
-from .requestlog import AccessLog, request_id_from
+from .requestlog import log_access, request_id_from
 from .routes import parse_seconds
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 logger = logging.getLogger(__name__)
-
-# This process's id, kept current across forks (os.getpid() is a system call; the hot
-# path asks once per request whether the engine was started in this process).
-_pid = [os.getpid()]
-os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 PREFIX = "/v1/models/"
 TIMEOUT_HEADER = "X-Request-Timeout"
@@ -76,9 +70,9 @@ class Answer:
         self.batch = batch
 
     @classmethod
-    def problem(cls, err: CorralError, model: str | None = None) -> Answer:
+    def problem(cls, err: CorralError) -> Answer:
         return cls(err.status, compact_json(problem_document(err)).encode(), PROBLEM_JSON,
-                   err.headers(), model)
+                   err.headers())
 
 
 class Predict:
@@ -89,10 +83,10 @@ class Predict:
         self.catalog = catalog
         self.engine = engine
         self.settings = settings
-        self.before = before  # starts the engine and jobs, as Flask's before_request does
+        # Starts the engine and jobs (each returns at once if started in this process), as
+        # Flask's before_request does for its own routes.
+        self.before = before
         self.cors = cors
-        self.access = AccessLog() if settings.access_log else None
-        self._started_in: int | None = None  # the pid where ``before`` last succeeded
         self._own_hooks: tuple[int, ...] | None = None  # until sealed, Flask answers
 
     # -- below Flask ------------------------------------------------------------------
@@ -120,12 +114,7 @@ class Predict:
         started = time.perf_counter()
         request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID", ""))
         try:
-            # Once per process. The pid is kept by an after-fork hook; a server that forks
-            # without running those (uWSGI without lazy apps) only makes each worker call
-            # ``before`` once, for the engine and jobs start themselves after a fork too.
-            if self._started_in != _pid[0]:
-                self.before()
-                self._started_in = _pid[0]
+            self.before()
         except Exception as exc:  # a bug: a 500 with an error id
             answer = Answer.problem(internal_error(exc, "POST", _path(environ)))
         else:
@@ -137,9 +126,9 @@ class Predict:
             headers.extend(answer.headers.items())
         if self.cors is not None:
             headers.extend(self.cors.headers(environ.get("HTTP_ORIGIN"), preflight=None))
-        if self.access is not None:
+        if self.settings.access_log:
             try:
-                self.access.log(environ.get("REMOTE_ADDR"), "POST", _path(environ),
+                log_access(environ.get("REMOTE_ADDR"), "POST", _path(environ),
                                 _decode(environ.get("QUERY_STRING", "")), answer.status,
                                 started, answer.model, answer.batch, request_id)
             except Exception:  # a logging filter or handler that raises loses the line only

@@ -54,20 +54,17 @@ def request_id_from(given: str) -> str:
     return given if given and _VALID.fullmatch(given) else new_request_id()
 
 
-class AccessLog:
-    """One line per request on ``corral.access`` (``CORRAL_ACCESS_LOG=1``)."""
-
-    def log(self, client: str | None, method: str, path: str, query: str, status: int,
-            started: float, model: str | None, batch: int, request_id: str) -> None:
-        ms = (time.perf_counter() - started) * 1000
-        shown_model = model or "-"
-        shown_batch = batch or "-"
-        full_path = f"{path}?{query}" if query else path
-        access.info('%s "%s %s" %d %.1fms model=%s batch=%s id=%s', client, method, full_path,
-                    status, ms, shown_model, shown_batch, request_id, extra={"request": {
-                        "client": client, "method": method, "path": path, "status": status,
-                        "latency_ms": round(ms, 3), "model": shown_model,
-                        "batch": batch or None, "request_id": request_id}})
+def log_access(client: str | None, method: str, path: str, query: str, status: int,
+               started: float, model: str | None, batch: int, request_id: str) -> None:
+    """The request's line on ``corral.access`` (``CORRAL_ACCESS_LOG=1``)."""
+    ms = (time.perf_counter() - started) * 1000
+    shown_model = model or "-"
+    full_path = f"{path}?{query}" if query else path
+    access.info('%s "%s %s" %d %.1fms model=%s batch=%s id=%s', client, method, full_path,
+                status, ms, shown_model, batch or "-", request_id, extra={"request": {
+                    "client": client, "method": method, "path": path, "status": status,
+                    "latency_ms": round(ms, 3), "model": shown_model,
+                    "batch": batch or None, "request_id": request_id}})
 
 
 def install_request_log(app: Flask, settings: Settings) -> None:
@@ -75,7 +72,6 @@ def install_request_log(app: Flask, settings: Settings) -> None:
         hops = settings.proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops,  # type: ignore[method-assign]
                                 x_host=hops)
-    access_log = AccessLog() if settings.access_log else None
 
     @app.before_request
     def take_request_id() -> None:
@@ -88,8 +84,8 @@ def install_request_log(app: Flask, settings: Settings) -> None:
         if request_id is None:  # the request failed before before_request ran
             return response
         response.headers[HEADER] = request_id
-        if access_log is not None:
-            access_log.log(request.remote_addr, request.method, request.path,
+        if settings.access_log:
+            log_access(request.remote_addr, request.method, request.path,
                            request.query_string.decode("utf-8", "replace"),
                            response.status_code,
                            g.started, str(getattr(g, "model", "") or ""),

@@ -139,6 +139,10 @@ class _Model:
     def ready(self) -> list[_Replica]:
         return [r for r in self.replicas.values() if r.state == "ready" and not r.leaving]
 
+    def serving(self) -> bool:
+        """Some replica takes work (:meth:`ready` is not empty), as the common case asks."""
+        return any(r.state == "ready" and not r.leaving for r in self.replicas.values())
+
     def busy(self) -> int:
         return sum(1 for r in self.replicas.values() if r.batch is not None)
 
@@ -332,9 +336,8 @@ class DispatchCore:
             return InternalError("A request with no inputs reached the dispatcher.")
         if msg.lane not in ("live", "background"):
             return InternalError(f"A request in an unknown lane {msg.lane!r}.")
-        if model.config.replicas and any(r.state == "ready" and not r.leaving
-                                         for r in model.replicas.values()):
-            return None  # serving: the common case, without building its status
+        if model.config.replicas and model.serving():
+            return None  # the common case, without building the whole status
         return model.status(self.clock()).refusal(model.key)
 
     # -- replicas ---------------------------------------------------------------------
