@@ -29,7 +29,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,12 +136,15 @@ class _Model:
     def key(self) -> str:
         return self.config.key
 
+    def _taking_work(self) -> Iterator[_Replica]:
+        return (r for r in self.replicas.values() if r.state == "ready" and not r.leaving)
+
     def ready(self) -> list[_Replica]:
-        return [r for r in self.replicas.values() if r.state == "ready" and not r.leaving]
+        return list(self._taking_work())
 
     def serving(self) -> bool:
-        """Some replica takes work (:meth:`ready` is not empty), as the common case asks."""
-        return any(r.state == "ready" and not r.leaving for r in self.replicas.values())
+        """Whether :meth:`ready` would not be empty, without building it."""
+        return next(self._taking_work(), None) is not None
 
     def busy(self) -> int:
         return sum(1 for r in self.replicas.values() if r.batch is not None)
