@@ -1,13 +1,13 @@
 """DispatcherEngine: the engine of HTTP workers in process mode.
 
 Each request goes to the instance's dispatcher process (see :mod:`.dispatcher`)
-over ZeroMQ; the HTTP worker never loads a model. Model states come from the
+over its Unix socket; the HTTP worker never loads a model. Model states come from the
 runtime directory's status.json, which the dispatcher rewrites whenever a state
 changes, so /v1/models and /readyz never wait on another process. Load, unload
 and replica counts go to the supervisor's control socket.
 
-The ZeroMQ context is created on first use, after Gunicorn forked the worker, and
-it is ``zmq.green``'s when gevent has patched the process.
+Connections are made on first use, after Gunicorn forked the worker: one per thread
+under gthread, one per process (read by a greenlet) when gevent has patched it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import itertools
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 from ..batching.queue import Lane
@@ -33,7 +34,6 @@ from ..registry.spec import ModelKey
 from ..transport.channels import (
     ClientGone,
     DispatcherGone,
-    DispatcherWatch,
     GreenChannel,
     SendFailed,
     ThreadChannel,
@@ -49,10 +49,11 @@ from ..transport.protocol import (
     decode,
     encode,
 )
+from ..transport.stream import Link
 from .runtime import Runtime
 
 Channel = ThreadChannel | GreenChannel
-_CONTROL_TIMEOUT_MS = 10_000
+_CONTROL_TIMEOUT = 10.0
 
 
 class _RemoteHandle(Handle):
@@ -92,11 +93,9 @@ class DispatcherEngine(Engine):
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._watch = DispatcherWatch(str(runtime.dispatcher_pid))
         self._ids = itertools.count(1)
         self._pid: int | None = None
         self._lock = threading.Lock()
-        self._ctx: Any = None
         self._green = False
         self._local = threading.local()
         self._shared: GreenChannel | None = None
@@ -110,36 +109,27 @@ class DispatcherEngine(Engine):
             if self._pid == os.getpid():
                 return
             self._green = gevent_patched()
-            if self._green:
-                import zmq.green
-
-                self._ctx = zmq.green.Context()
-            else:
-                import zmq
-
-                self._ctx = zmq.Context()
-            self._local = threading.local()
+            self._local = threading.local()  # connections made before a fork are not ours
             self._shared = None
             self._pid = os.getpid()
-            if self._green:  # connect now, not on the first request (called after the fork)
-                self._shared = GreenChannel(self._ctx, self._runtime.frontend, self._watch)
 
     def stop(self) -> None:
-        if self._ctx is not None and self._pid == os.getpid():
-            self._ctx.destroy(linger=0)
-            self._ctx = None
+        if self._pid == os.getpid():
+            if self._shared is not None:
+                self._shared.link.close()
+            self._shared = None
+            self._local = threading.local()
             self._pid = None
 
     def _channel(self) -> Channel:
         self.start()
         if self._green:
             if self._shared is None:
-                self._shared = GreenChannel(self._ctx, self._runtime.frontend, self._watch)
+                self._shared = GreenChannel(self._runtime.frontend)
             return self._shared
         channel: ThreadChannel | None = getattr(self._local, "channel", None)
         if channel is None:
-            channel = self._local.channel = ThreadChannel(self._ctx, self._runtime.frontend,
-                                                          self._watch)
+            channel = self._local.channel = ThreadChannel(self._runtime.frontend)
         return channel
 
     def submit(self, key: ModelKey, inputs: list[Input], deadline: float,
@@ -195,24 +185,25 @@ class DispatcherEngine(Engine):
 
     def _command(self, command: Command) -> None:
         """Send a command to the supervisor and wait for its reply; raise what it says."""
-        import zmq
-
-        self.start()
-        sock = self._ctx.socket(zmq.DEALER)
-        try:
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self._runtime.control)
-            sock.send_multipart(encode(command))
-            while sock.poll(_CONTROL_TIMEOUT_MS):
-                try:
-                    reply = decode(sock.recv_multipart())
-                except ProtocolError:
-                    continue
-                if isinstance(reply, Reply) and reply.id == command.id:
-                    if reply.error is not None:
-                        raise error_from_dict(reply.error)
-                    return
-            raise Overloaded("The supervisor did not answer the command in time; retry.",
-                             retry_after=1)
-        finally:
-            sock.close()
+        deadline = time.monotonic() + _CONTROL_TIMEOUT
+        with Link(self._runtime.control) as link:
+            try:
+                link.send(encode(command), _CONTROL_TIMEOUT)
+            except SendFailed:
+                raise Overloaded("The supervisor is not taking commands now; retry.",
+                                 retry_after=1) from None
+            while (remaining := deadline - time.monotonic()) > 0:
+                received = link.receive(remaining)
+                if received is None:
+                    break  # the supervisor closed the connection
+                for frames in received:
+                    try:
+                        reply = decode(frames)
+                    except ProtocolError:
+                        continue
+                    if isinstance(reply, Reply) and reply.id == command.id:
+                        if reply.error is not None:
+                            raise error_from_dict(reply.error)
+                        return
+        raise Overloaded("The supervisor did not answer the command in time; retry.",
+                         retry_after=1)

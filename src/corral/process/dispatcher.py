@@ -1,9 +1,9 @@
-"""The dispatcher process: the dispatch core of every model, behind ZeroMQ sockets.
+"""The dispatcher process: the dispatch core of every model, behind Unix sockets.
 
-Run by the supervisor as ``python -m corral.process dispatcher RUNTIME_DIR``. It binds
-two ROUTER sockets in the runtime directory: the frontend, where HTTP workers send
-Submit and Cancel (and the supervisor Configure), and the backend, where replicas
-say Hello and return Done. Everything else is the :class:`DispatchCore`: batches
+Run by the supervisor as ``python -m corral.process dispatcher RUNTIME_DIR``. It
+listens on two sockets in the runtime directory (see :mod:`corral.transport.stream`):
+the frontend, where HTTP workers send Submit and Cancel (and the supervisor
+Configure), and the backend, where replicas say Hello and return Done. Everything else is the :class:`DispatchCore`: batches
 form across all HTTP workers, each model in its own queue.
 
 It never imports the app: what it knows of each model (batching, replicas wanted)
@@ -19,35 +19,28 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
-
-import zmq
 
 from .. import metrics
 from ..dispatch.core import DispatchCore, Kill, ModelConfig, Peer
 from ..dispatch.status import ModelStatus
 from ..log import configure_logging
 from ..transport.protocol import Configure, Hello, Message, ProtocolError, decode, encode
+from ..transport.stream import Hub
 from .runtime import Runtime
 from .title import set_title
 
 logger = logging.getLogger(__name__)
 
-_DRAIN = 256  # most messages read from one socket before looking at the other
 _FRONT, _BACK = "f", "b"
 
 
 class Dispatcher:
-    """The ZeroMQ shell around a DispatchCore."""
+    """The socket shell around a DispatchCore."""
 
-    def __init__(self, runtime: Runtime, core: DispatchCore, frontend: zmq.Socket[bytes],
-                 backend: zmq.Socket[bytes]) -> None:
+    def __init__(self, runtime: Runtime, core: DispatchCore, hub: Hub) -> None:
         self.runtime = runtime
         self.core = core
-        self.sockets = {_FRONT: frontend, _BACK: backend}
-        self.poller = zmq.Poller()
-        self.poller.register(frontend, zmq.POLLIN)
-        self.poller.register(backend, zmq.POLLIN)
+        self.hub = hub
         self.pidfds: dict[int, Peer] = {}  # replica process watches
         self.watched: dict[Peer, int] = {}
         self.dead: set[Peer] = set()  # replicas whose exit was seen: late messages are ignored
@@ -58,38 +51,30 @@ class Dispatcher:
     def run(self) -> None:
         while True:
             wait = self.core.next_wakeup()
-            timeout = 1000 if wait is None else max(0, int(wait * 1000) + 1)
-            events = dict(self.poller.poll(timeout))
+            messages, ready = self.hub.poll(1.0 if wait is None else max(0.0, wait) + 0.001)
             # Which replicas died, decided before any message can re-use a pidfd number.
-            dead = [fd for fd in self.pidfds if fd in events]
-            if self.sockets[_FRONT] in events:
-                self._drain(_FRONT, self.handle_client)
-            if self.sockets[_BACK] in events:
-                self._drain(_BACK, self.handle_replica)
+            dead = [fd for fd in ready if fd in self.pidfds]
+            for sender, frames in messages:
+                try:
+                    msg = decode(frames)
+                    if sender[0] == _FRONT:
+                        self.handle_client(sender, msg)
+                    else:
+                        self.handle_replica(sender, msg)
+                except ProtocolError as exc:
+                    logger.warning("dispatcher dropped a message: %s", exc)
+                except Exception:  # one bad message must not take every model's queue down
+                    logger.exception("dispatcher failed on a message")
             for fd in dead:
                 peer = self.pidfds.pop(fd)
                 del self.watched[peer]
                 self.dead.add(peer)
                 self.core.replica_gone(peer, "exited")
-                self.poller.unregister(fd)
+                self.hub.unwatch(fd)
                 os.close(fd)
                 self.changed = True
             self.core.tick()
             self.flush()
-
-    def _drain(self, side: str, handle: Callable[[Peer, Message], None]) -> None:
-        sock = self.sockets[side]
-        for _ in range(_DRAIN):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                handle((side, frames[0]), decode(frames[1:]))
-            except ProtocolError as exc:
-                logger.warning("dispatcher dropped a message: %s", exc)
-            except Exception:  # one bad message must not take every model's queue down
-                logger.exception("dispatcher failed on a message")
 
     def handle_client(self, peer: Peer, msg: Message) -> None:
         if isinstance(msg, Configure):
@@ -116,7 +101,7 @@ class Dispatcher:
                 return  # the process is already gone: never register a ghost
             self.pidfds[fd] = peer
             self.watched[peer] = fd
-            self.poller.register(fd, zmq.POLLIN)
+            self.hub.watch(fd)
         self.core.handle(peer, msg)
         if isinstance(msg, Hello):
             self.changed = True
@@ -132,12 +117,8 @@ class Dispatcher:
                     except ProcessLookupError:
                         pass
                 continue
-            side: str
-            identity: bytes
-            side, identity = effect.to  # type: ignore[misc]
-            try:
-                self.sockets[side].send_multipart([identity, *encode(effect.msg)], zmq.NOBLOCK)
-            except zmq.Again:  # the peer is gone or not reading: it has its own deadline
+            if not self.hub.send(effect.to, encode(effect.msg)):
+                # The peer is gone or not reading: it has its own deadline.
                 logger.debug("dispatcher: a message to a peer was dropped")
         for name, depth in self.core.depths_by_name().items():
             if self.depths.get(name) != depth:
@@ -164,24 +145,14 @@ def main(argv: list[str]) -> int:
         # A restarted dispatcher queues at once for replicas that had loaded (they say so
         # within a second), and remembers the replicas the supervisor gave up on.
         core.expect(m.key, runtime.ready_replicas(m.key), m.failed)
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    frontend = ctx.socket(zmq.ROUTER)
-    backend = ctx.socket(zmq.ROUTER)
-    for sock, address in ((frontend, runtime.frontend), (backend, runtime.backend)):
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        try:
-            os.unlink(address[len("ipc://"):])  # left by a dispatcher that was killed
-        except FileNotFoundError:
-            pass
-        sock.bind(address)
+    hub = Hub()
+    hub.listen(runtime.frontend, _FRONT)
+    hub.listen(runtime.backend, _BACK)
     logger.info("dispatcher for %d model version(s) listening (pid %d)", len(models),
                 os.getpid())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        Dispatcher(runtime, core, frontend, backend).run()
+        Dispatcher(runtime, core, hub).run()
     finally:
-        frontend.close()
-        backend.close()
-        ctx.term()
+        hub.close()
     return 0

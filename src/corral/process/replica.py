@@ -1,10 +1,10 @@
 """A replica process: loads one model version once and computes the batches the dispatcher sends.
 
 Run by the supervisor as ``python -m corral.process replica RUNTIME_DIR NAME:VERSION
-INDEX ATTEMPT STARTS``. It connects a DEALER socket to the dispatcher's backend,
-says Hello (loading), runs ``load()``, then says Hello (ready) and serves Work
-messages one at a time. While idle it repeats Hello (ready) every second, so a
-restarted dispatcher learns of it. It exits when the dispatcher says Stop (scaled
+INDEX ATTEMPT STARTS``. It connects to the dispatcher's backend socket, says Hello
+(loading), runs ``load()``, then says Hello (ready) and serves Work messages one at
+a time. While idle it repeats Hello (ready) every second, connecting again if the
+dispatcher went away, so a restarted dispatcher learns of it. It exits when the dispatcher says Stop (scaled
 down or unloaded). Once ``load()`` succeeded it creates its ready marker in the
 runtime directory: a replica that exits without one (``load()`` raised, or the
 process died while loading) counts as a failed load attempt for the supervisor.
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import time
 
-import zmq
 from pydantic import BaseModel, ValidationError
 
 from .. import metrics
@@ -42,6 +42,7 @@ from ..model import Model
 from ..registry.spec import ModelSpec
 from ..schema.inputs import validate_item
 from ..transport.protocol import Done, Hello, ProtocolError, Stop, Work, decode, encode
+from ..transport.stream import Link, SendFailed
 from .runtime import Runtime
 from .title import set_title
 
@@ -50,7 +51,9 @@ logger = logging.getLogger(__name__)
 LOAD_FAILED = 3
 # load() is tried this many times (with backoff, by the supervisor) before the model is failed.
 MAX_LOAD_ATTEMPTS = 3
-HEARTBEAT_MS = 1000
+HEARTBEAT = 1.0
+# How long a message to the dispatcher may wait for it to read (a Done can be large).
+_SEND_WAIT = 10.0
 
 
 def _decode_inputs(spec: ModelSpec, frames: list[bytes]) -> list[BaseModel] | CorralError:
@@ -62,60 +65,74 @@ def _decode_inputs(spec: ModelSpec, frames: list[bytes]) -> list[BaseModel] | Co
         return as_client_error(spec, exc)
 
 
-def _send(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
-    """Never block: with no dispatcher to take it, a message is dropped (it will ask again)."""
+def _send(link: Link, msg: Hello | Done) -> None:
+    """Never fail: with no dispatcher to take it, a message is dropped (it will ask again)."""
     try:
-        sock.send_multipart(frames, zmq.NOBLOCK)
-    except zmq.Again:
+        link.send(encode(msg), _SEND_WAIT)
+    except SendFailed:
         logger.debug("replica: dispatcher not reachable; message dropped")
 
 
-def serve_batches(sock: zmq.Socket[bytes], model: Model, spec: ModelSpec, hello: Hello) -> None:
+def _receive(link: Link) -> list[list[bytes]]:
+    """The messages that arrive within a heartbeat (none: time to say Hello again)."""
+    if link.sock is None:  # no dispatcher since the last Hello: wait, then connect again
+        time.sleep(HEARTBEAT)
+        return []
+    poll = select.poll()
+    poll.register(link.sock, select.POLLIN)
+    return (link.receive() or []) if poll.poll(HEARTBEAT * 1000) else []
+
+
+def serve_batches(link: Link, model: Model, spec: ModelSpec, hello: Hello) -> None:
     """Compute Work until the dispatcher says Stop.
 
     After ``spec.max_requests`` inputs the replica says it is retiring: the dispatcher
     gives it no new work and tells it to stop once its batch is done, and the supervisor
     starts a fresh one.
     """
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
     inputs_done = 0
     while True:
-        if not poller.poll(HEARTBEAT_MS):
-            _send(sock, encode(hello))  # "ready", or "retiring" until the dispatcher says Stop
+        received = _receive(link)
+        if not received:
+            _send(link, hello)  # "ready", or "retiring" until the dispatcher says Stop
             continue
-        try:
-            work = decode(sock.recv_multipart())
-        except ProtocolError as exc:
-            logger.warning("replica of %s dropped a message: %s", spec.key, exc)
-            continue
-        if isinstance(work, Stop):
-            logger.info("model %s replica %d (pid %d) stopping: no longer wanted", spec.key,
-                        hello.replica, hello.pid)
-            return
-        if not isinstance(work, Work):
-            continue
-        decoded = [_decode_inputs(spec, g) for g in split_groups(work)]
-        valid = [g for g in decoded if not isinstance(g, CorralError)]
-        started = time.perf_counter()
-        token = REQUEST_IDS.set(",".join(i for i in work.request_ids if i))
-        try:
-            computed = iter(compute(model, spec, valid)) if valid else iter([])
-        finally:
-            REQUEST_IDS.reset(token)
-        metrics.labelled(metrics.PREDICT_DURATION, spec.name).observe(
-            time.perf_counter() - started)
-        outcomes: list[Outcome] = [g if isinstance(g, CorralError) else next(computed)
-                                   for g in decoded]
-        meta, outputs = outcome_frames(outcomes)
-        _send(sock, encode(Done(batch=work.batch, model=hello.model, replica=hello.replica,
-                                pid=hello.pid, outcomes=meta, outputs=outputs)))
-        inputs_done += len(work.inputs)
-        if spec.max_requests and inputs_done >= spec.max_requests and hello.state == "ready":
-            logger.info("model %s replica %d (pid %d) computed %d inputs; retiring",
-                        spec.key, hello.replica, hello.pid, inputs_done)
-            hello.state = "retiring"
-            _send(sock, encode(hello))
+        for frames in received:
+            try:
+                work = decode(frames)
+            except ProtocolError as exc:
+                logger.warning("replica of %s dropped a message: %s", spec.key, exc)
+                continue
+            if isinstance(work, Stop):
+                logger.info("model %s replica %d (pid %d) stopping: no longer wanted",
+                            spec.key, hello.replica, hello.pid)
+                return
+            if not isinstance(work, Work):
+                continue
+            _send(link, compute_work(model, spec, hello, work))
+            inputs_done += len(work.inputs)
+            if spec.max_requests and inputs_done >= spec.max_requests and hello.state == "ready":
+                logger.info("model %s replica %d (pid %d) computed %d inputs; retiring",
+                            spec.key, hello.replica, hello.pid, inputs_done)
+                hello.state = "retiring"
+                _send(link, hello)
+
+
+def compute_work(model: Model, spec: ModelSpec, hello: Hello, work: Work) -> Done:
+    """One batch's outcome, each request's group apart."""
+    decoded = [_decode_inputs(spec, g) for g in split_groups(work)]
+    valid = [g for g in decoded if not isinstance(g, CorralError)]
+    started = time.perf_counter()
+    token = REQUEST_IDS.set(",".join(i for i in work.request_ids if i))
+    try:
+        computed = iter(compute(model, spec, valid)) if valid else iter([])
+    finally:
+        REQUEST_IDS.reset(token)
+    metrics.labelled(metrics.PREDICT_DURATION, spec.name).observe(time.perf_counter() - started)
+    outcomes: list[Outcome] = [g if isinstance(g, CorralError) else next(computed)
+                               for g in decoded]
+    meta, outputs = outcome_frames(outcomes)
+    return Done(batch=work.batch, model=hello.model, replica=hello.replica, pid=hello.pid,
+                outcomes=meta, outputs=outputs)
 
 
 def main(argv: list[str]) -> int:
@@ -129,15 +146,11 @@ def main(argv: list[str]) -> int:
     name, _, version = key.rpartition(":")
     spec = load_server(target).catalog(settings).resolve(name, version)
 
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 2000)
-    sock.setsockopt(zmq.IDENTITY, f"r{replica}-{os.getpid()}".encode())
-    sock.connect(runtime.backend)
+    link = Link(runtime.backend)
     if starts:
         metrics.REPLICA_RESTARTS.labels(spec.name).inc()
     hello = Hello(model=key, replica=replica, pid=os.getpid(), state="loading")
-    sock.send_multipart(encode(hello))
+    _send(link, hello)
 
     started = time.monotonic()
     try:
@@ -155,9 +168,8 @@ def main(argv: list[str]) -> int:
         hello.state = "failed" if final else "loading"
         hello.error = load_error(exc, error_id)
         runtime.load_error_file(key, replica).write_text(hello.error)  # for the supervisor
-        sock.send_multipart(encode(hello))
-        sock.close()  # lingers up to 2 s so the dispatcher hears it
-        ctx.term()
+        _send(link, hello)  # written before the exit: the dispatcher reads it after
+        link.close()
         return LOAD_FAILED
     load_seconds = time.monotonic() - started
     metrics.MODEL_LOAD.labels(spec.name).set(load_seconds)
@@ -165,8 +177,7 @@ def main(argv: list[str]) -> int:
                 load_seconds)
     hello.state = "ready"
     runtime.ready_marker(key, replica).touch()  # the supervisor: load() succeeded
-    _send(sock, encode(hello))
-    serve_batches(sock, model, spec, hello)
-    sock.close(0)
-    ctx.term()
+    _send(link, hello)
+    serve_batches(link, model, spec, hello)
+    link.close()
     return 0

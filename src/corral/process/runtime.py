@@ -9,7 +9,6 @@ short enough for the 107-byte limit of a socket path)::
                       that gave up loading (written by the supervisor on every change)
     status.json       each model version's state (written by the dispatcher on change);
                       HTTP workers answer /v1/models and /readyz from it
-    dispatcher.pid    the dispatcher's pid (HTTP workers watch it through a pidfd)
     d.f, d.b          the dispatcher's sockets: clients (HTTP workers, the supervisor)
                       and replicas
     ctl               the supervisor's control socket (load, unload, set replicas)
@@ -115,12 +114,11 @@ class Runtime:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.frontend = f"ipc://{self.path}/d.f"
-        self.backend = f"ipc://{self.path}/d.b"
-        self.control = f"ipc://{self.path}/ctl"
+        self.frontend = str(self.path / "d.f")  # Unix sockets (see corral.transport.stream)
+        self.backend = str(self.path / "d.b")
+        self.control = str(self.path / "ctl")
         self.jobs_wake = str(self.path / "jobs.wake")
         self.zygote = self.path / "zygote.sock"
-        self.dispatcher_pid = self.path / "dispatcher.pid"
         self.metrics_dir = self.path / "metrics"
         self.status_file = self.path / "status.json"
 

@@ -35,14 +35,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import zmq
-
 from .. import metrics
 from ..config import Settings
 from ..dispatch.devices import device_env
 from ..errors import CorralError, InvalidInput, ModelNotFound
 from ..registry.catalog import Catalog
 from ..transport.protocol import Command, Configure, ProtocolError, Reply, decode, encode
+from ..transport.stream import Hub, Link, Peer, SendFailed
 from ..dispatch.core import MAX_REPLICAS
 from .replica import MAX_LOAD_ATTEMPTS
 from .runtime import ModelEntry, Runtime
@@ -57,6 +56,7 @@ from .title import set_title
 
 logger = logging.getLogger(__name__)
 
+_CONFIGURE_WAIT = 1.0  # a dispatcher that does not read for this long is being restarted
 _STABLE_AFTER = 30.0  # a child that ran this long restarts without backoff
 _MAX_BACKOFF = 10.0
 
@@ -74,7 +74,6 @@ class Child:
     failures: int = 0  # consecutive quick deaths, for backoff
     load_attempt: int = 1  # replicas: which load() attempt this start is
     restart_at: float | None = 0.0  # None: do not restart
-    pid_file: str | None = None  # where to write the pid
     starts: int = 0
     env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's
     model: str = ""  # replicas: name:version
@@ -101,11 +100,6 @@ class Child:
         self.starts += 1
         self.started_at = time.monotonic()
         self.restart_at = None
-        if self.pid_file:
-            tmp = f"{self.pid_file}.tmp"
-            with open(tmp, "w") as f:
-                f.write(str(self.proc.pid))
-            os.replace(tmp, self.pid_file)
         logger.debug("started %s (pid %d)", self.label, self.proc.pid)
 
 
@@ -133,8 +127,7 @@ class Supervisor:
         self.env = {**os.environ, metrics.MULTIPROC_ENV: str(self.runtime.metrics_dir)}
         raise_open_files_limit()
         run_dir = str(self.runtime.path)
-        self.children.append(Child("dispatcher", "dispatcher", [run_dir],
-                                   pid_file=str(self.runtime.dispatcher_pid)))
+        self.children.append(Child("dispatcher", "dispatcher", [run_dir]))
         # Replicas are forked from a zygote that has imported the app (shared pages),
         # and re-parented here: this process must be their subreaper.
         self._zygote: Child | None = None
@@ -153,7 +146,7 @@ class Supervisor:
             # Gunicorn drains gracefully on SIGTERM, so that is what it gets if we die.
             self.children.append(Child("http", "Gunicorn", [run_dir],
                                        death_signal=signal.SIGTERM))
-        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._dispatcher = Link(self.runtime.frontend)  # Configure, when a model changes
 
     def _add_replica(self, key: str, index: int) -> None:
         spec = self.catalog.resolve(*key.rsplit(":", 1))
@@ -171,30 +164,22 @@ class Supervisor:
         signal.set_wakeup_fd(self._wake_w)
         set_title("supervisor", self.runtime.path)
         logger.info("runtime directory %s", self.runtime.path)
-        self._ctx = zmq.Context()
-        control = self._ctx.socket(zmq.ROUTER)
-        control.setsockopt(zmq.LINGER, 0)
-        control.bind(self.runtime.control)
-        self._dispatcher = self._ctx.socket(zmq.DEALER)
-        self._dispatcher.setsockopt(zmq.LINGER, 0)
-        self._dispatcher.connect(self.runtime.frontend)
-        poller = zmq.Poller()
-        poller.register(self._wake_r, zmq.POLLIN)
-        poller.register(control, zmq.POLLIN)
+        hub = Hub()
+        hub.listen(self.runtime.control, "c")
+        hub.watch(self._wake_r)
         try:
             while not self._stopping:
                 self.start_due()
-                events = dict(poller.poll(int(self._next_timeout() * 1000) + 1))
+                messages, _ = hub.poll(self._next_timeout() + 0.001)
                 self._drain_wakeups()
-                if control in events:
-                    self._serve_control(control)
+                for peer, frames in messages:
+                    self._serve_control(hub, peer, frames)
                 self.reap()
                 self.retire_stragglers()
             self.shutdown()
         finally:
-            control.close()
+            hub.close()
             self._dispatcher.close()
-            self._ctx.term()
             self.runtime.remove()
         return self._exit_code
 
@@ -339,29 +324,20 @@ class Supervisor:
 
     # -- control ----------------------------------------------------------------------
 
-    def _serve_control(self, sock: zmq.Socket[bytes]) -> None:
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                msg = decode(frames[1:])
-            except ProtocolError as exc:
-                logger.warning("control socket: dropped a message: %s", exc)
-                continue
-            if not isinstance(msg, Command):
-                continue
-            error: dict[str, Any] | None = None
-            try:
-                self.command(msg)
-            except CorralError as exc:
-                error = exc.to_dict()
-            try:
-                sock.send_multipart([frames[0], *encode(Reply(id=msg.id, error=error))],
-                                    zmq.NOBLOCK)
-            except zmq.Again:
-                pass
+    def _serve_control(self, hub: Hub, peer: Peer, frames: list[bytes]) -> None:
+        try:
+            msg = decode(frames)
+        except ProtocolError as exc:
+            logger.warning("control socket: dropped a message: %s", exc)
+            return
+        if not isinstance(msg, Command):
+            return
+        error: dict[str, Any] | None = None
+        try:
+            self.command(msg)
+        except CorralError as exc:
+            error = exc.to_dict()
+        hub.send(peer, encode(Reply(id=msg.id, error=error)))
 
     def command(self, msg: Command) -> None:
         """Carry out load, unload or set_replicas; CorralError if it cannot be done."""
@@ -414,8 +390,8 @@ class Supervisor:
         msg = Configure(model=key, replicas=entry.replicas, retry=retry,
                         failed={str(i): e for i, e in entry.failed.items()})
         try:
-            self._dispatcher.send_multipart(encode(msg), zmq.NOBLOCK)
-        except zmq.Again:  # no dispatcher now: it reads models.json when it starts
+            self._dispatcher.send(encode(msg), _CONFIGURE_WAIT)
+        except SendFailed:  # no dispatcher now: it reads models.json when it starts
             pass
 
     def retire_stragglers(self) -> None:

@@ -2,7 +2,7 @@
 
 ``python -m corral.process zygote RUNTIME_DIR``. A fresh interpreter, started by the
 supervisor like its other children, imports what a replica imports before ``load()``
-(Corral's replica code, pydantic, pyzmq, and the app module with its types), freezes
+(Corral's replica code, pydantic, and the app module with its types), freezes
 those objects out of the garbage collector's reach, and then only forks: each replica
 is a child of it that shares those pages with it and with every other replica, copy on
 write, instead of importing them again into memory of its own. A model's own weights

@@ -1,36 +1,34 @@
 """Channels: how an HTTP worker sends to a dispatcher and waits for the answer.
 
 Two implementations, picked at run time after Gunicorn's worker has (or has not)
-monkey-patched the process for gevent:
+monkey-patched the process for gevent, both over a :class:`~.stream.Link` to the
+dispatcher's socket:
 
-* :class:`ThreadChannel` (gthread workers): one DEALER socket per thread, used
-  only by its own thread, as ZeroMQ requires. The thread sends, then polls its
-  socket and the dispatcher's pidfd until its answer comes, the dispatcher dies, or
+* :class:`ThreadChannel` (gthread workers): one connection per thread, used only by
+  its own thread. The thread sends, then polls its connection (and its HTTP client's
+  socket) until its answer comes, the connection closes (the dispatcher exited), or
   time runs out. Answers to requests it gave up on are discarded by id.
-* :class:`GreenChannel` (gevent workers): one ``zmq.green`` DEALER per process; a reader greenlet routes answers to waiting greenlets by id, and a
-  watcher greenlet fails every waiting request at once if the dispatcher dies.
+* :class:`GreenChannel` (gevent workers): one connection per process; a reader
+  greenlet routes answers to waiting greenlets by id, and fails every request sent
+  on the connection at once if it closes.
 
-Sends never block: a full or unconnected socket raises :class:`SendFailed` at once.
+The end of the connection is how a waiting request learns that the dispatcher died:
+its process's exit closes every connection it accepted. A send never waits long: no
+dispatcher listening, or one that does not read within two seconds, raises
+:class:`SendFailed` (the HTTP worker answers 503).
 """
 
 from __future__ import annotations
 
-import os
+import select
 import socket
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
-import zmq
-
 from .protocol import Message, ProtocolError, decode
+from .stream import Framer, Link, SendFailed
 
-_HWM = 10_000
-
-
-class SendFailed(Exception):
-    """The dispatcher cannot take the message now (not running, or its queue to us is full)."""
+__all__ = ["ClientGone", "DispatcherGone", "GreenChannel", "SendFailed", "ThreadChannel"]
 
 
 class DispatcherGone(Exception):
@@ -51,94 +49,30 @@ def _client_closed(client: socket.socket) -> bool:
         return True
 
 
-class DispatcherWatch:
-    """The dispatcher's pid (from the supervisor's pid file) and a pidfd on it."""
-
-    def __init__(self, pid_file: str) -> None:
-        self._path = Path(pid_file)
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._fd: int | None = None
-        self._stale = True
-
-    def current(self) -> int | None:
-        """The pidfd to poll for the dispatcher (no system call unless it changed).
-
-        Old pidfds are never closed (another thread may be polling one); one fd per
-        dispatcher restart is the price.
-        """
-        if self._stale:
-            with self._lock:
-                try:
-                    pid = int(self._path.read_text())
-                except (OSError, ValueError):
-                    return self._fd
-                if pid != self._pid:
-                    self._pid = pid
-                    try:
-                        self._fd = os.pidfd_open(pid)
-                    except OSError:
-                        self._fd = None
-                    self._stale = False
-        return self._fd
-
-    def exited(self, fd: int) -> None:
-        """A waiter saw ``fd`` report the exit: look for the new dispatcher from now on."""
-        if fd == self._fd:
-            self._stale = True
-
-
-# How long a send may wait for the dispatcher to be connected or to drain (bounded).
+# How long a send may wait for the dispatcher to take a message (bounded).
 _SEND_WAIT = 2.0
-# Retry in short slices: under gevent, libzmq's edge-triggered descriptor can miss the
-# moment a socket becomes writable (zmq.green itself only rechecks every 1.33 s).
-_SEND_SLICE_MS = 50
-
-
-def _send(sock: Any, frames: list[bytes]) -> None:
-    deadline = time.monotonic() + _SEND_WAIT
-    while True:
-        try:
-            sock.send_multipart(frames, zmq.NOBLOCK)
-            return
-        except zmq.Again:
-            pass
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise SendFailed()
-        sock.poll(max(1, min(_SEND_SLICE_MS, int(remaining * 1000))), zmq.POLLOUT)
-
-
-def _dealer(ctx: Any, address: str) -> Any:
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, _HWM)
-    sock.setsockopt(zmq.RCVHWM, _HWM)
-    # Without a connected peer a DEALER would queue forever: fail the send instead.
-    sock.setsockopt(zmq.IMMEDIATE, 1)
-    sock.connect(address)
-    return sock
 
 
 class ThreadChannel:
-    """One thread's socket to one dispatcher.
+    """One thread's connection to one dispatcher.
 
     A thread may have several requests in flight (a job runner keeps two slices going);
     answers come in whatever order their batches finish, so an answer to another open
     request is kept until its own wait asks for it.
     """
 
-    def __init__(self, ctx: zmq.Context[Any], address: str, watch: DispatcherWatch) -> None:
-        self.sock = _dealer(ctx, address)
-        self.watch = watch
-        self.poller = zmq.Poller()
-        self.poller.register(self.sock, zmq.POLLIN)
-        self._pidfd: int | None = None
+    def __init__(self, path: str) -> None:
+        self.link = Link(path)
+        self._poll = select.poll()
+        self._polled = -1  # the link's descriptor in the poll set
         self._open: set[int] = set()  # sent, not yet answered or given up
         self._early: dict[int, Message | DispatcherGone] = {}
 
     def send(self, frames: list[bytes], rid: int) -> None:
-        _send(self.sock, frames)
+        before = self.link.sock
+        self.link.send(frames, _SEND_WAIT)
+        if self.link.sock is not before:  # a new connection: the old one's answers are lost
+            self._lose_open()
         self._open.add(rid)
 
     def forget(self, rid: int) -> None:
@@ -148,7 +82,12 @@ class ThreadChannel:
 
     def notify(self, frames: list[bytes]) -> None:
         """Send a message that gets no answer."""
-        _send(self.sock, frames)
+        self.link.send(frames, _SEND_WAIT)
+
+    def _lose_open(self) -> None:
+        for other in self._open:
+            self._early[other] = DispatcherGone()
+        self._open.clear()
 
     def wait(self, rid: int, timeout: float,
              client: socket.socket | None = None) -> Message | None:
@@ -162,90 +101,118 @@ class ThreadChannel:
             if isinstance(early, DispatcherGone):
                 raise early
             return early
-        deadline = time.monotonic() + timeout
-        poller = self.poller
-        fd = self.watch.current()
-        if fd != self._pidfd:  # the dispatcher was restarted: watch the new one
-            if self._pidfd is not None:
-                poller.unregister(self._pidfd)
-            if fd is not None:
-                poller.register(fd, zmq.POLLIN)
-            self._pidfd = fd
+        sock = self.link.sock
+        if sock is None or rid not in self._open:
+            self._open.discard(rid)
+            raise DispatcherGone()
+        fd = sock.fileno()
+        poll = self._poll
+        if fd != self._polled:  # a new connection (a closed one's number may be reused)
+            if self._polled >= 0:
+                poll.unregister(self._polled)
+            poll.register(fd, select.POLLIN)
+            self._polled = fd
         client_fd = client.fileno() if client is not None else -1
         if client_fd >= 0:
-            poller.register(client_fd, zmq.POLLIN)
+            poll.register(client_fd, select.POLLIN)
         try:
-            return self._wait(rid, deadline, fd, client, client_fd)
+            return self._wait(rid, time.monotonic() + timeout, fd, client, client_fd)
         finally:
-            if client_fd >= 0 and client_fd in poller:
-                poller.unregister(client_fd)
+            if client_fd >= 0:
+                try:
+                    poll.unregister(client_fd)
+                except KeyError:
+                    pass
 
-    def _wait(self, rid: int, deadline: float, fd: int | None, client: socket.socket | None,
+    def _wait(self, rid: int, deadline: float, fd: int, client: socket.socket | None,
               client_fd: int) -> Message | None:
-        poller = self.poller
+        poll = self._poll
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            events = dict(poller.poll(max(1, int(remaining * 1000))))
-            if self.sock in events:
-                while True:
-                    try:
-                        frames = self.sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    try:
-                        msg = decode(frames)
-                    except ProtocolError:
-                        continue
-                    got = getattr(msg, "id", None)
-                    if got == rid:
-                        self._open.discard(rid)
-                        return msg
-                    if got in self._open:
-                        self._early[got] = msg
-            elif fd is not None and fd in events:
-                self.watch.exited(fd)
-                for other in self._open - {rid}:  # their answers will never come either
-                    self._early[other] = DispatcherGone()
-                self._open.clear()
-                raise DispatcherGone()
-            elif client_fd >= 0 and client_fd in events:
-                assert client is not None
-                if _client_closed(client):
-                    raise ClientGone()
-                poller.unregister(client_fd)  # the next pipelined request: stop watching
+            events = poll.poll(max(1, int(remaining * 1000) + 1))
+            for ready, _ in events:
+                if ready == fd:
+                    answer = self._receive(rid)
+                    if answer is not None:
+                        return answer
+                elif ready == client_fd:
+                    assert client is not None
+                    if _client_closed(client):
+                        raise ClientGone()
+                    poll.unregister(client_fd)  # the next pipelined request: stop watching
+                    client_fd = -1
+
+    def _receive(self, rid: int) -> Message | None:
+        """Take what arrived; the answer to ``rid`` if it is among it."""
+        got = self.link.receive()
+        if got is None:  # the dispatcher closed the connection: it exited
+            self._poll.unregister(self._polled)
+            self._polled = -1
+            self._open.discard(rid)
+            self._lose_open()
+            raise DispatcherGone()
+        answer: Message | None = None
+        for frames in got:
+            try:
+                msg = decode(frames)
+            except ProtocolError:
+                continue
+            answered = getattr(msg, "id", None)
+            if answered == rid:
+                self._open.discard(rid)
+                answer = msg
+            elif answered in self._open:
+                self._early[answered] = msg
+        return answer
 
 
 class GreenChannel:
-    """One gevent worker's socket to one dispatcher, shared by its greenlets."""
+    """One gevent worker's connection to one dispatcher, shared by its greenlets."""
 
-    def __init__(self, ctx: Any, address: str, watch: DispatcherWatch) -> None:
-        import gevent
+    def __init__(self, path: str) -> None:
         from gevent.event import AsyncResult
+        from gevent.lock import Semaphore
 
         self._AsyncResult = AsyncResult
-        self.sock = _dealer(ctx, address)
-        self.watch = watch
+        self.link = Link(path)
         self.pending: dict[int, Any] = {}
-        gevent.spawn(self._read)
-        gevent.spawn(self._watch)
+        self._sent_on: dict[int, socket.socket] = {}
+        self._sending = Semaphore()
 
     def send(self, frames: list[bytes], rid: int) -> None:
         self.pending[rid] = self._AsyncResult()
         try:
-            _send(self.sock, frames)
+            self._send(frames)
         except SendFailed:
             self.pending.pop(rid, None)
             raise
+        assert self.link.sock is not None
+        self._sent_on[rid] = self.link.sock
 
     def notify(self, frames: list[bytes]) -> None:
         """Send a message that gets no answer (nothing is left waiting for one)."""
-        _send(self.sock, frames)
+        self._send(frames)
+
+    def _send(self, frames: list[bytes]) -> None:
+        import gevent
+
+        with self._sending:  # one message at a time on the connection
+            before = self.link.sock
+            try:
+                with gevent.Timeout(_SEND_WAIT, SendFailed):
+                    self.link.send(frames, _SEND_WAIT)
+            except SendFailed:
+                self.link.close()  # part of a message may be written: the stream is cut
+                raise
+            if self.link.sock is not before:
+                gevent.spawn(self._read, self.link.sock)
 
     def forget(self, rid: int) -> None:
         """Nobody will wait for ``rid`` any more."""
         self.pending.pop(rid, None)
+        self._sent_on.pop(rid, None)
 
     def wait(self, rid: int, timeout: float,
              client: socket.socket | None = None) -> Message | None:
@@ -260,38 +227,31 @@ class GreenChannel:
         except Timeout:  # a BaseException: it must not escape as a server error
             return None
         finally:
-            self.pending.pop(rid, None)
+            self.forget(rid)
         if isinstance(result, DispatcherGone):
             raise result
         return result  # type: ignore[no-any-return]
 
-    def _read(self) -> None:
+    def _read(self, sock: socket.socket) -> None:
+        framer = Framer()
         while True:
             try:
-                msg = decode(self.sock.recv_multipart())
-            except ProtocolError:
-                continue
-            except zmq.ContextTerminated:
-                return
-            except zmq.ZMQError:  # the worker is exiting: its context was destroyed
-                if self.sock.closed:
-                    return
-                raise
-            waiter = self.pending.get(getattr(msg, "id", -1))
-            if waiter is not None:
-                waiter.set(msg)
-
-    def _watch(self) -> None:
-        import gevent
-        from gevent.socket import wait_read
-
-        while True:
-            fd = self.watch.current()
-            if fd is None:
-                gevent.sleep(0.5)
-                continue
-            wait_read(fd)
-            self.watch.exited(fd)
-            for waiter in list(self.pending.values()):
-                waiter.set(DispatcherGone())
-            gevent.sleep(0.2)  # give the supervisor time to write the new pid
+                data = sock.recv(1 << 18)
+                messages = framer.feed(data) if data else None
+            except (OSError, ProtocolError):  # closed under us, or not our protocol
+                messages = None
+            if messages is None:
+                break
+            for frames in messages:
+                try:
+                    msg = decode(frames)
+                except ProtocolError:
+                    continue
+                waiter = self.pending.get(getattr(msg, "id", -1))
+                if waiter is not None:
+                    waiter.set(msg)
+        if self.link.sock is sock:
+            self.link.close()
+        for rid, on in list(self._sent_on.items()):  # their answers will never come
+            if on is sock and rid in self.pending:
+                self.pending[rid].set(DispatcherGone())

@@ -1,0 +1,249 @@
+"""Messages over Unix stream sockets: framing, the server's hub, a client's link, and the
+HTTP worker's thread channel, over real sockets in a temporary directory."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.transport.channels import DispatcherGone, ThreadChannel
+from corral.transport.protocol import ProtocolError, Result, Submit, decode, encode
+from corral.transport.stream import Framer, Hub, Link, SendFailed, pack
+
+MESSAGES = [
+    [b"CR\x03\x01", b'{"id": 1}', b"{}", b"[1, 2]"],
+    [b"only"],
+    [b"", b"", b"x"],
+    [],
+    [b"big", bytes(range(256)) * 4000],
+]
+
+
+def test_messages_cut_anywhere_come_out_whole() -> None:
+    stream = b"".join(pack(m) for m in MESSAGES)
+    for cut in range(1, 40):  # every split of the headers, then larger pieces
+        framer = Framer()
+        out = []
+        for at in range(0, len(stream), cut if cut < 20 else cut * 997):
+            out.extend(framer.feed(stream[at:at + (cut if cut < 20 else cut * 997)]))
+        assert out == MESSAGES, cut
+
+
+def test_random_chunks_and_several_messages_per_chunk() -> None:
+    rng = random.Random(7)
+    messages = [[rng.randbytes(rng.randrange(0, 300)) for _ in range(rng.randrange(0, 5))]
+                for _ in range(500)]
+    stream = b"".join(pack(m) for m in messages)
+    framer, out, at = Framer(), [], 0
+    while at < len(stream):
+        step = rng.randrange(1, 5000)
+        out.extend(framer.feed(stream[at:at + step]))
+        at += step
+    assert out == messages
+
+
+@pytest.mark.parametrize("bad", [
+    b"\x00\x00\x00\x08\x00\x00\x00\x02\x00\x00\x00\x00",  # two frames, room for one size
+    b"\x7f\xff\xff\xff\x00\x00\x00\x00",  # longer than any message may be
+    b"\x00\x00\x00\x09\x00\x00\x00\x01\x00\x00\x00\x09xxxxxxxxxxxxx",  # sizes past the end
+    b"GET / HTTP/1.1\r\n\r\n",
+])
+def test_a_stream_that_is_not_framed_is_a_protocol_error(bad: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        Framer().feed(bad)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return str(tmp_path / "s")
+
+
+class Server:
+    """A Hub in a thread that answers each message with ``answer(frames)``."""
+
+    def __init__(self, path: str, answer: object = None, read: bool = True) -> None:
+        self.hub = Hub()
+        self.hub.listen(path, "f")
+        self.peers: list[tuple[str, int]] = []
+        self.answer = answer if answer is not None else (lambda frames: [frames])
+        self.read = read
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping:
+            if not self.read:
+                time.sleep(0.01)
+                continue
+            messages, _ = self.hub.poll(0.05)
+            for peer, frames in messages:
+                self.peers.append(peer)
+                for reply in self.answer(frames):  # type: ignore[operator]
+                    self.hub.send(peer, reply)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.thread.join()
+        self.hub.close()
+
+
+@pytest.fixture
+def echo(path: str) -> Iterator[Server]:
+    server = Server(path)
+    yield server
+    server.stop()
+
+
+def _receive(link: Link, count: int = 1, timeout: float = 5) -> list[list[bytes]]:
+    out: list[list[bytes]] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        got = link.receive(0.1)
+        assert got is not None, "the connection closed"
+        out.extend(got)
+    return out
+
+
+def test_a_link_and_a_hub_carry_messages_both_ways(echo: Server, path: str) -> None:
+    with Link(path) as link, Link(path) as other:
+        for message in MESSAGES:
+            link.send(message, 2.0)
+        assert _receive(link, len(MESSAGES)) == MESSAGES
+        other.send([b"second"], 2.0)
+        assert _receive(other) == [[b"second"]]
+    assert len(set(echo.peers)) == 2  # each connection its own peer
+
+
+def test_a_link_to_nothing_listening_fails_at_once(path: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(SendFailed), Link(path) as link:
+        link.send([b"x"], 2.0)
+    assert time.monotonic() - started < 1
+
+
+def test_a_link_connects_again_to_a_restarted_server(path: str,
+                                                     request: pytest.FixtureRequest) -> None:
+    server = Server(path)
+    link = Link(path)
+    request.addfinalizer(link.close)
+    link.send([b"one"], 2.0)
+    assert _receive(link) == [[b"one"]]
+    server.stop()
+    assert link.receive(2.0) is None  # the server's end closed
+    restarted = Server(path)
+    try:
+        link.send([b"two"], 2.0)
+        assert _receive(link) == [[b"two"]]
+    finally:
+        restarted.stop()
+
+
+def test_a_send_to_a_server_that_does_not_read_times_out(path: str,
+                                                         request: pytest.FixtureRequest) -> None:
+    server = Server(path, read=False)
+    try:
+        link = Link(path)
+        request.addfinalizer(link.close)
+        started = time.monotonic()
+        with pytest.raises(SendFailed):
+            for _ in range(1000):  # fills the socket's buffers, then waits
+                link.send([b"x" * 65536], 0.3)
+        assert time.monotonic() - started < 5
+        assert link.sock is None  # part of a message may have gone: the stream is cut
+    finally:
+        server.stop()
+
+
+def test_the_hub_queues_what_a_slow_reader_has_not_read_yet(path: str) -> None:
+    big = [b"y" * (1 << 20)]
+    server = Server(path, answer=lambda frames: [big] * 8)
+    try:
+        with Link(path) as link:
+            link.send([b"go"], 2.0)
+            time.sleep(0.3)  # the hub could write only part of 8 MiB: the rest waits for us
+            assert _receive(link, 8) == [big] * 8
+        assert not server.hub.send(("f", 10**9), [b"x"])  # no such peer
+    finally:
+        server.stop()
+
+
+def test_the_hub_closes_a_connection_that_sends_garbage(echo: Server, path: str) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        sock.sendall(b"\x7f\xff\xff\xff\x00\x00\x00\x00")
+        sock.settimeout(5)
+        assert sock.recv(10) == b""  # closed by the hub
+    with Link(path) as link:  # others are still served
+        link.send([b"fine"], 2.0)
+        assert _receive(link) == [[b"fine"]]
+
+
+# -- the HTTP worker's channel ---------------------------------------------------------
+
+def _submit(rid: int) -> list[bytes]:
+    return encode(Submit(id=rid, model="m:1", deadline=0.0, inputs=[b"{}"]))
+
+
+def test_a_thread_channel_gets_each_answer_by_id_in_any_order(path: str, request: pytest.FixtureRequest) -> None:
+    held: list[int] = []
+
+    def answer(frames: list[bytes]) -> list[list[bytes]]:
+        held.append(decode(frames).id)  # type: ignore[attr-defined]
+        if len(held) < 3:
+            return []
+        return [encode(Result(id=rid, outputs=[str(rid).encode()])) for rid in reversed(held)]
+
+    server = Server(path, answer=answer)
+    try:
+        channel = ThreadChannel(path)
+        request.addfinalizer(channel.link.close)
+        for rid in (1, 2, 3):
+            channel.send(_submit(rid), rid)
+        for rid in (1, 2, 3):  # answered 3, 2, 1: the others are kept until asked for
+            msg = channel.wait(rid, 5.0)
+            assert isinstance(msg, Result) and msg.outputs == [str(rid).encode()]
+    finally:
+        server.stop()
+
+
+def test_a_thread_channel_times_out_and_drops_the_late_answer(path: str, request: pytest.FixtureRequest) -> None:
+    server = Server(path, answer=lambda frames: [])
+    try:
+        channel = ThreadChannel(path)
+        request.addfinalizer(channel.link.close)
+        channel.send(_submit(1), 1)
+        started = time.monotonic()
+        assert channel.wait(1, 0.2) is None
+        assert 0.15 < time.monotonic() - started < 2
+    finally:
+        server.stop()
+
+
+def test_a_thread_channel_fails_its_waiters_when_the_dispatcher_goes(path: str, request: pytest.FixtureRequest) -> None:
+    server = Server(path, answer=lambda frames: [])
+    channel = ThreadChannel(path)
+    request.addfinalizer(channel.link.close)
+    channel.send(_submit(1), 1)
+    channel.send(_submit(2), 2)
+    time.sleep(0.2)
+    threading.Timer(0.2, server.stop).start()
+    started = time.monotonic()
+    with pytest.raises(DispatcherGone):
+        channel.wait(1, 10.0)
+    assert time.monotonic() - started < 5  # not the 10 s timeout
+    with pytest.raises(DispatcherGone):  # sent on the same connection: lost too
+        channel.wait(2, 10.0)
+    restarted = Server(path)
+    try:
+        channel.send(_submit(3), 3)  # a new connection
+        msg = channel.wait(3, 5.0)
+        assert msg is not None and getattr(msg, "id", None) == 3
+    finally:
+        restarted.stop()
