@@ -99,6 +99,7 @@ class DispatcherEngine(Engine):
         self._green = False
         self._local = threading.local()
         self._shared: GreenChannel | None = None
+        self._channels: list[ThreadChannel] = []  # every thread's, to close on stop()
         self._status: dict[str, ModelStatus] = {}
         self._status_version: tuple[int, int] | None = None
 
@@ -111,15 +112,20 @@ class DispatcherEngine(Engine):
             self._green = gevent_patched()
             self._local = threading.local()  # connections made before a fork are not ours
             self._shared = None
+            self._channels = []
             self._pid = os.getpid()
 
     def stop(self) -> None:
         if self._pid == os.getpid():
-            if self._shared is not None:
-                self._shared.link.close()
-            self._shared = None
-            self._local = threading.local()
-            self._pid = None
+            with self._lock:
+                channels: list[Channel] = [*self._channels]
+                if self._shared is not None:
+                    channels.append(self._shared)
+                for channel in channels:
+                    channel.link.close()
+                self._channels, self._shared = [], None
+                self._local = threading.local()
+                self._pid = None
 
     def _channel(self) -> Channel:
         self.start()
@@ -130,6 +136,8 @@ class DispatcherEngine(Engine):
         channel: ThreadChannel | None = getattr(self._local, "channel", None)
         if channel is None:
             channel = self._local.channel = ThreadChannel(self._runtime.frontend)
+            with self._lock:
+                self._channels.append(channel)
         return channel
 
     def submit(self, key: ModelKey, inputs: list[Input], deadline: float,
