@@ -1,14 +1,20 @@
-"""What one hop costs: a request and its answer between two processes, libzmq against a
-plain Unix socket, no HTTP and no Corral code.
+"""What one hop costs: a request and its answer between two processes, no HTTP.
 
     python benchmarks/hop.py [--round-trips 20000] [--size 200]
 
 Each transport: a server process answers every message with one of the same size; the
 client sends one, waits for the answer, and so on (one in flight, as one HTTP worker
 thread does). Prints wall time and CPU (user + system, both processes) per round trip.
-libzmq: DEALER -> ROUTER over ipc://, as HTTP workers talk to the dispatcher (each side
-has libzmq's I/O thread between the application and the socket). Unix: a SOCK_STREAM
-socket with a 4-byte length prefix, read and written by the application thread itself.
+
+- libzmq: DEALER -> ROUTER over ipc://, as Corral's HTTP workers talked to the
+  dispatcher before (each side has libzmq's I/O thread between the application and the
+  socket). Needs pyzmq (``pip install pyzmq``), which Corral no longer depends on;
+  skipped without it.
+- unix socket: a SOCK_STREAM socket with a 4-byte length prefix, read and written by
+  the application thread itself, nothing else: the floor.
+- corral: Corral's own transport (corral.transport.stream): the dispatcher's Hub on
+  one side, a Link polled as an HTTP worker thread polls it on the other, framed
+  protocol messages.
 """
 
 from __future__ import annotations
@@ -20,9 +26,9 @@ import resource
 import socket
 import struct
 import tempfile
+import select
 import time
-
-import zmq
+from typing import Any
 
 
 def _cpu() -> float:
@@ -31,6 +37,8 @@ def _cpu() -> float:
 
 
 def zmq_server(address: str, n: int, result: mp.Queue) -> None:  # type: ignore[type-arg]
+    import zmq
+
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.bind(address)
@@ -44,6 +52,8 @@ def zmq_server(address: str, n: int, result: mp.Queue) -> None:  # type: ignore[
 
 
 def zmq_client(address: str, n: int, size: int) -> tuple[float, float]:
+    import zmq
+
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.connect(address)
@@ -104,6 +114,53 @@ def unix_client(path: str, n: int, size: int) -> tuple[float, float]:
     return out
 
 
+def corral_server(path: str, n: int, result: mp.Queue) -> None:  # type: ignore[type-arg]
+    from corral.transport.stream import Hub
+
+    hub = Hub()
+    hub.listen(path, "f")
+    start, answered = _cpu(), 0
+    while answered < n:
+        messages, _ = hub.poll(1.0)
+        for peer, frames in messages:
+            hub.send(peer, frames)
+            answered += 1
+    result.put(_cpu() - start)
+    hub.close()
+
+
+def corral_client(path: str, n: int, size: int) -> tuple[float, float]:
+    from corral.transport.stream import Link
+
+    link = Link(path)
+    frames = [b"CR\x03\x04", b"x" * size]
+    poll = select.poll()
+
+    def trip() -> Any:
+        link.send(frames, 2.0)
+        if link.sock is not None and not getattr(trip, "registered", False):
+            poll.register(link.sock, select.POLLIN)
+            trip.registered = True  # type: ignore[attr-defined]
+        while True:
+            poll.poll(2000)
+            got = link.receive()
+            if got:
+                return got
+
+    for _ in range(100):  # until the server listens
+        try:
+            trip()
+            break
+        except Exception:
+            time.sleep(0.05)
+    start, cpu = time.perf_counter(), _cpu()
+    for _ in range(n - 1):
+        trip()
+    out = time.perf_counter() - start, _cpu() - cpu
+    link.close()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--round-trips", type=int, default=20000)
@@ -111,9 +168,16 @@ def main() -> None:
     args = p.parse_args()
     n = args.round_trips
     with tempfile.TemporaryDirectory() as tmp:
+        try:
+            import zmq  # noqa: F401
+            have_zmq = True
+        except ImportError:
+            have_zmq = False
+            print("| libzmq ipc | (pyzmq not installed: skipped) | |")
         for name, server, client, address in (
-                ("libzmq ipc", zmq_server, zmq_client, f"ipc://{tmp}/z"),
-                ("unix socket", unix_server, unix_client, f"{tmp}/u")):
+                *([("libzmq ipc", zmq_server, zmq_client, f"ipc://{tmp}/z")] if have_zmq else []),
+                ("unix socket", unix_server, unix_client, f"{tmp}/u"),
+                ("corral (Hub and Link)", corral_server, corral_client, f"{tmp}/c")):
             spawn = mp.get_context("spawn")
             result: mp.Queue = spawn.Queue()  # type: ignore[type-arg]
             proc = spawn.Process(target=server, args=(address, n, result))

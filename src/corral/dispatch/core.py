@@ -3,7 +3,7 @@
 One :class:`DispatchCore` is the whole of dispatching for both modes:
 
 * in process mode the dispatcher process (:mod:`corral.process.dispatcher`) feeds it
-  the messages it reads from its ZeroMQ sockets and sends what it asks to send;
+  the messages it reads from its sockets and sends what it asks to send;
 * in in-process mode (:mod:`corral.inprocess.engine`) the same messages travel
   through memory between request threads, replica threads and the core.
 

@@ -14,7 +14,7 @@ signals it and sees its exit status, and it dies with the supervisor (parent-dea
 signal, set once re-parented), but not with the zygote: a zygote that crashes takes no
 replica with it and is simply restarted.
 
-Fork safety: the zygote starts no thread and creates no ZeroMQ context; if importing
+Fork safety: the zygote starts no thread and opens no socket to other processes; if importing
 the app started one, it forks nothing and the supervisor spawns fresh interpreters
 instead (``CORRAL_REPLICA_START=spawn`` does the same for every replica).
 """

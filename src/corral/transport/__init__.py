@@ -1,1 +1,1 @@
-"""Messages between processes and how they travel (ZeroMQ over ipc://)."""
+"""Messages between processes and how they travel (Unix stream sockets)."""

@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from .protocol import Message, ProtocolError, decode
-from .stream import Framer, Link, SendFailed
+from .stream import RECV_SIZE, Framer, Link, SendFailed
 
 __all__ = ["ClientGone", "DispatcherGone", "GreenChannel", "SendFailed", "ThreadChannel"]
 
@@ -236,7 +236,7 @@ class GreenChannel:
         framer = Framer()
         while True:
             try:
-                data = sock.recv(1 << 18)
+                data = sock.recv(RECV_SIZE)
                 messages = framer.feed(data) if data else None
             except (OSError, ProtocolError):  # closed under us, or not our protocol
                 messages = None

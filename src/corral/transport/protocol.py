@@ -1,7 +1,7 @@
 """The wire format between HTTP workers, dispatchers and replicas.
 
-Every message is one ZeroMQ multipart message (a ROUTER socket prepends the
-peer's identity frame, which is not part of the message)::
+Every message is a list of frames, carried whole over the Unix sockets between
+Corral's processes (see :mod:`corral.transport.stream` for how they are framed)::
 
     frame 0  header   4 bytes: b"CR", protocol version (1 byte), message type (1 byte)
     frame 1  meta     a JSON object: the message's fields
