@@ -156,7 +156,7 @@ def machine_info() -> dict[str, Any]:
 
     versions = version([PY, "-c", (
         "import importlib.metadata as m; print(' '.join(f'{p} {m.version(p)}' for p in "
-        "('torch', 'sentence-transformers', 'flask', 'gunicorn', 'pydantic', 'pyzmq')))")])
+        "('torch', 'sentence-transformers', 'flask', 'gunicorn', 'gevent', 'pydantic')))")])
     return {
         "nproc": os.cpu_count(), "usable_cpus": NCPU, "cpu_model": model,
         "avx512": "avx512f" in flags, "memory": mem, "kernel": platform.release(),

@@ -123,14 +123,16 @@ class Link:
         self.sock: socket.socket | None = None
         self._framer = Framer()
 
-    def connect(self) -> socket.socket:
+    def connect(self, timeout: float = 2.0) -> socket.socket:
         if self.sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)  # a full backlog (a stopped server) blocks a connect
             try:
                 sock.connect(self.path)
             except OSError:
                 sock.close()
                 raise SendFailed() from None
+            sock.settimeout(None)
             self.sock, self._framer = sock, Framer()
         return self.sock
 
@@ -148,7 +150,7 @@ class Link:
     def send(self, frames: list[bytes], timeout: float) -> None:
         data = pack(frames)
         for attempt in (1, 2):
-            sock = self.connect()
+            sock = self.connect(timeout)
             try:
                 _write(sock, data, timeout)
                 return
