@@ -65,14 +65,19 @@ def path(tmp_path: Path) -> str:
 
 
 class Server:
-    """A Hub in a thread that answers each message with ``answer(frames)``."""
+    """A Hub in a thread that answers each message with ``answer(frames)``: a list of
+    replies, each frames or ``(delay in seconds, frames)``. ``slow_for`` seconds from the
+    start it reads only every 50 ms; with ``read`` false it never reads."""
 
-    def __init__(self, path: str, answer: object = None, read: bool = True) -> None:
+    def __init__(self, path: str, answer: object = None, read: bool = True,
+                 slow_for: float = 0.0) -> None:
         self.hub = Hub()
         self.hub.listen(path, "f")
         self.peers: list[tuple[str, int]] = []
         self.answer = answer if answer is not None else (lambda frames: [frames])
         self.read = read
+        self.slow_until = time.monotonic() + slow_for
+        self.later: list[tuple[float, tuple[str, int], list[bytes]]] = []
         self.stopping = False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -82,11 +87,18 @@ class Server:
             if not self.read:
                 time.sleep(0.01)
                 continue
-            messages, _ = self.hub.poll(0.05)
+            if time.monotonic() < self.slow_until:
+                time.sleep(0.05)
+            messages, _ = self.hub.poll(0.01)
+            now = time.monotonic()
             for peer, frames in messages:
                 self.peers.append(peer)
                 for reply in self.answer(frames):  # type: ignore[operator]
-                    self.hub.send(peer, reply)
+                    delay, reply = reply if isinstance(reply, tuple) else (0.0, reply)
+                    self.later.append((now + delay, peer, reply))
+            for item in [i for i in self.later if i[0] <= now]:
+                self.later.remove(item)
+                self.hub.send(item[1], item[2])
 
     def stop(self) -> None:
         self.stopping = True
@@ -247,3 +259,202 @@ def test_a_thread_channel_fails_its_waiters_when_the_dispatcher_goes(path: str, 
         assert msg is not None and getattr(msg, "id", None) == 3
     finally:
         restarted.stop()
+
+
+def test_a_late_answer_is_dropped_and_the_next_one_still_found(
+        path: str, request: pytest.FixtureRequest) -> None:
+    def answer(frames: list[bytes]) -> list[object]:
+        rid = decode(frames).id  # type: ignore[attr-defined]
+        return [(0.4 if rid == 1 else 0.5,  # 1's answer comes after its wait gave up
+                 encode(Result(id=rid, outputs=[str(rid).encode()])))]
+
+    server = Server(path, answer=answer)
+    request.addfinalizer(server.stop)
+    channel = ThreadChannel(path)
+    request.addfinalizer(channel.link.close)
+    channel.send(_submit(1), 1)
+    assert channel.wait(1, 0.1) is None
+    channel.forget(1)
+    channel.send(_submit(2), 2)  # its answer comes after request 1's, on the same socket
+    msg = channel.wait(2, 5.0)
+    assert isinstance(msg, Result) and msg.id == 2
+    assert 1 not in channel._early  # 1's answer came first, and was dropped
+
+
+def test_an_answer_that_came_early_survives_the_connection_closing(
+        path: str, request: pytest.FixtureRequest) -> None:
+    server = Server(path, answer=lambda frames: (
+        [encode(Result(id=2, outputs=[b"two"]))] if decode(frames).id == 2 else []))  # type: ignore[attr-defined]
+    channel = ThreadChannel(path)
+    request.addfinalizer(channel.link.close)
+    channel.send(_submit(1), 1)
+    channel.send(_submit(2), 2)
+    threading.Timer(0.5, server.stop).start()
+    with pytest.raises(DispatcherGone):  # 2's answer arrives while 1 waits; then the end
+        channel.wait(1, 10.0)
+    msg = channel.wait(2, 1.0)
+    assert isinstance(msg, Result) and msg.outputs == [b"two"]
+
+
+def test_a_send_on_a_connection_the_server_closed_goes_to_the_new_server(
+        path: str, request: pytest.FixtureRequest) -> None:
+    """What an idle HTTP thread, a replica or the supervisor meets after a dispatcher
+    restart: its connection is stale, the send fails on it, and is sent again on a new one."""
+    server = Server(path)
+    channel = ThreadChannel(path)
+    request.addfinalizer(channel.link.close)
+    channel.send(_submit(1), 1)
+    assert channel.wait(1, 5.0) is not None
+    server.stop()
+    restarted = Server(path)
+    request.addfinalizer(restarted.stop)
+    time.sleep(0.1)
+    channel.send(_submit(2), 2)  # no read in between: the old socket is only found dead now
+    msg = channel.wait(2, 5.0)
+    assert msg is not None and getattr(msg, "id", None) == 2
+    assert len(restarted.peers) == 1
+
+
+def test_a_large_message_reaches_a_hub_whole(path: str) -> None:
+    big = [b"z" * (8 << 20)]
+    got: list[list[bytes]] = []
+    server = Server(path, answer=lambda frames: got.append(frames) or [])
+    try:
+        with Link(path) as link:
+            started = time.monotonic()
+            link.send(big, 5.0)
+            while not got and time.monotonic() - started < 5:
+                time.sleep(0.01)
+        assert got == [big]
+    finally:
+        server.stop()
+
+
+def test_a_replica_waits_for_a_whole_work_message_without_saying_hello(path: str) -> None:
+    from corral.process import replica
+
+    hub = Hub()
+    hub.listen(path, "b")
+    try:
+        with Link(path) as link:
+            link.send([b"hello"], 2.0)
+            messages: list[tuple[tuple[str, int], list[bytes]]] = []
+            while not messages:
+                messages = hub.poll(1.0)[0]
+            peer = messages[0][0]
+            work = [b"w" * (5 << 20)]
+            assert hub.send(peer, work)
+            pumping = threading.Event()
+
+            def pump() -> None:  # write what the socket could not take, as the loop does
+                while not pumping.is_set():
+                    messages.extend(hub.poll(0.01)[0])
+
+            thread = threading.Thread(target=pump)
+            thread.start()
+            try:
+                received = replica._receive(link)
+            finally:
+                pumping.set()
+                thread.join()
+            assert received == [work]
+            assert len(messages) == 1  # nothing but the first hello: no heartbeat per chunk
+    finally:
+        hub.close()
+
+
+GREEN_CLIENT = r'''
+from gevent import monkey; monkey.patch_all()
+import json, sys, time, gevent
+from corral.transport.channels import GreenChannel, DispatcherGone
+from corral.transport.protocol import encode, Submit, Result
+channel = GreenChannel(sys.argv[1])
+out = {}
+def request(rid, size, timeout):
+    channel.send(encode(Submit(id=rid, model="m:1", deadline=0.0, inputs=[b"x" * size])), rid)
+    started = time.monotonic()
+    try:
+        msg = channel.wait(rid, timeout)
+        out[rid] = [type(msg).__name__, msg.outputs[0].decode() if isinstance(msg, Result) else None]
+    except DispatcherGone:
+        out[rid] = ["DispatcherGone", None]
+    out[rid].append(round(time.monotonic() - started, 2))
+jobs = []
+for rid, size, timeout in ((3, 10, 10.0), (2, 1_500_000, 10.0), (1, 10, 10.0), (4, 10, 4.0)):
+    jobs.append(gevent.spawn(request, rid, size, timeout))
+    gevent.sleep(0.05)
+gevent.joinall(jobs)
+print(json.dumps(out))
+'''
+
+
+def test_a_green_channel_routes_answers_and_outlives_a_slow_send(
+        path: str, tmp_path: Path) -> None:
+    """Under gevent (a real monkey-patched process): greenlets share one connection; a
+    large send that must wait for a slow server to read, an answer arriving meanwhile,
+    and a quiet spell longer than the send timeout after it fail nothing."""
+    import json
+    import subprocess
+    import sys
+
+    def answer(frames: list[bytes]) -> list[object]:
+        rid = decode(frames).id  # type: ignore[attr-defined]
+        if rid == 4:
+            return []  # never answered: it times out at its own time, not before
+        # 3's answer comes while the 3 MB request 2 is still being sent; 1's after a quiet
+        # spell longer than the send timeout (2 s).
+        delay = {3: 0.3, 2: 3.0, 1: 3.0}.get(rid, 0.0)
+        return [(delay, encode(Result(id=rid, outputs=[f"r{rid}".encode()])))]
+
+    server = Server(path, answer=answer, slow_for=6.0)  # the large send waits for room
+    script = tmp_path / "green_client.py"
+    script.write_text(GREEN_CLIENT)
+    try:
+        proc = subprocess.run([sys.executable, str(script), path], capture_output=True,
+                              text=True, timeout=60)
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["1"][:2] == ["Result", "r1"]
+    assert out["2"][:2] == ["Result", "r2"]
+    assert out["3"][:2] == ["Result", "r3"]
+    assert out["4"][0] == "NoneType" and out["4"][2] >= 3.8  # its own timeout
+
+
+GREEN_GONE = r'''
+from gevent import monkey; monkey.patch_all()
+import json, sys, time, gevent
+from corral.transport.channels import GreenChannel, DispatcherGone
+from corral.transport.protocol import encode, Submit
+channel = GreenChannel(sys.argv[1])
+out = {}
+def request(rid):
+    channel.send(encode(Submit(id=rid, model="m:1", deadline=0.0, inputs=[b"{}"])), rid)
+    started = time.monotonic()
+    try:
+        out[rid] = [type(channel.wait(rid, 20.0)).__name__]
+    except DispatcherGone:
+        out[rid] = ["DispatcherGone"]
+    out[rid].append(round(time.monotonic() - started, 2))
+gevent.joinall([gevent.spawn(request, rid) for rid in (1, 2, 3)])
+print(json.dumps(out))
+'''
+
+
+def test_a_green_channel_fails_every_waiter_at_once_when_the_server_goes(
+        path: str, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    server = Server(path, answer=lambda frames: [])
+    threading.Timer(1.0, server.stop).start()
+    script = tmp_path / "green_gone.py"
+    script.write_text(GREEN_GONE)
+    proc = subprocess.run([sys.executable, str(script), path], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [out[k][0] for k in ("1", "2", "3")] == ["DispatcherGone"] * 3
+    assert max(out[k][1] for k in ("1", "2", "3")) < 5  # not their 20 s timeout

@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from typing import Any
 
 from ..batching.queue import Lane
@@ -99,7 +100,9 @@ class DispatcherEngine(Engine):
         self._green = False
         self._local = threading.local()
         self._shared: GreenChannel | None = None
-        self._channels: list[ThreadChannel] = []  # every thread's, to close on stop()
+        # Every thread's, to close on stop(); a thread's own closes when the thread ends
+        # (a job runner's threads come and go).
+        self._channels: weakref.WeakSet[ThreadChannel] = weakref.WeakSet()
         self._status: dict[str, ModelStatus] = {}
         self._status_version: tuple[int, int] | None = None
 
@@ -112,18 +115,18 @@ class DispatcherEngine(Engine):
             self._green = gevent_patched()
             self._local = threading.local()  # connections made before a fork are not ours
             self._shared = None
-            self._channels = []
+            self._channels = weakref.WeakSet()
             self._pid = os.getpid()
 
     def stop(self) -> None:
         if self._pid == os.getpid():
             with self._lock:
-                channels: list[Channel] = [*self._channels]
+                channels: list[Channel] = list(self._channels)
                 if self._shared is not None:
                     channels.append(self._shared)
                 for channel in channels:
                     channel.link.close()
-                self._channels, self._shared = [], None
+                self._channels, self._shared = weakref.WeakSet(), None
                 self._local = threading.local()
                 self._pid = None
 
@@ -136,8 +139,9 @@ class DispatcherEngine(Engine):
         channel: ThreadChannel | None = getattr(self._local, "channel", None)
         if channel is None:
             channel = self._local.channel = ThreadChannel(self._runtime.frontend)
+            weakref.finalize(channel, channel.link.close)
             with self._lock:
-                self._channels.append(channel)
+                self._channels.add(channel)
         return channel
 
     def submit(self, key: ModelKey, inputs: list[Input], deadline: float,

@@ -138,6 +138,11 @@ def main(argv: list[str]) -> int:
     _, settings = runtime.read_plan()
     configure_logging(settings.log_level, settings.log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Listening before models.json is read: a Configure the supervisor sends from now on
+    # waits in the socket, and one it sent before is already in the file.
+    hub = Hub()
+    hub.listen(runtime.frontend, _FRONT)
+    hub.listen(runtime.backend, _BACK)
     models = runtime.read_models()
     core = DispatchCore((ModelConfig(m.key, m.batching, m.replicas) for m in models),
                         stall_grace=settings.stall_grace, on_batch=metrics.observe_batch)
@@ -145,9 +150,6 @@ def main(argv: list[str]) -> int:
         # A restarted dispatcher queues at once for replicas that had loaded (they say so
         # within a second), and remembers the replicas the supervisor gave up on.
         core.expect(m.key, runtime.ready_replicas(m.key), m.failed)
-    hub = Hub()
-    hub.listen(runtime.frontend, _FRONT)
-    hub.listen(runtime.backend, _BACK)
     logger.info("dispatcher for %d model version(s) listening (pid %d)", len(models),
                 os.getpid())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

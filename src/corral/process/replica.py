@@ -74,13 +74,23 @@ def _send(link: Link, msg: Hello | Done) -> None:
 
 
 def _receive(link: Link) -> list[list[bytes]]:
-    """The messages that arrive within a heartbeat (none: time to say Hello again)."""
+    """The messages that arrive within a heartbeat (none: time to say Hello again). A
+    large Work comes in many pieces: they are read until it is whole."""
     if link.sock is None:  # no dispatcher since the last Hello: wait, then connect again
         time.sleep(HEARTBEAT)
         return []
     poll = select.poll()
     poll.register(link.sock, select.POLLIN)
-    return (link.receive() or []) if poll.poll(HEARTBEAT * 1000) else []
+    deadline = time.monotonic() + HEARTBEAT
+    while (remaining := deadline - time.monotonic()) > 0:
+        if not poll.poll(max(1, int(remaining * 1000))):
+            return []
+        received = link.receive()
+        if received is None:  # the dispatcher went away: the next Hello connects again
+            return []
+        if received:
+            return received
+    return []
 
 
 def serve_batches(link: Link, model: Model, spec: ModelSpec, hello: Hello) -> None:

@@ -164,6 +164,7 @@ class ThreadChannel:
                 self._open.discard(rid)
                 answer = msg
             elif answered in self._open:
+                self._open.discard(answered)  # answered: no longer lost if the link ends
                 self._early[answered] = msg
         return answer
 
@@ -185,7 +186,7 @@ class GreenChannel:
         self.pending[rid] = self._AsyncResult()
         try:
             self._send(frames)
-        except SendFailed:
+        except BaseException:
             self.pending.pop(rid, None)
             raise
         assert self.link.sock is not None
@@ -198,14 +199,11 @@ class GreenChannel:
     def _send(self, frames: list[bytes]) -> None:
         import gevent
 
-        with self._sending:  # one message at a time on the connection
+        # Waiting for our turn counts too. A send cut short with half its message written
+        # closes the connection (Link does); one that wrote nothing leaves it as it was.
+        with gevent.Timeout(_SEND_WAIT, SendFailed), self._sending:
             before = self.link.sock
-            try:
-                with gevent.Timeout(_SEND_WAIT, SendFailed):
-                    self.link.send(frames, _SEND_WAIT)
-            except SendFailed:
-                self.link.close()  # part of a message may be written: the stream is cut
-                raise
+            self.link.send(frames, _SEND_WAIT)
             if self.link.sock is not before:
                 gevent.spawn(self._read, self.link.sock)
 

@@ -47,8 +47,13 @@ MAX_FRAMES = 1 << 20
 # What one recv asks for: not more, since CPython allocates that much first, and past
 # glibc's mmap threshold (128 KiB) every recv would map and unmap it (16 µs against 3).
 RECV_SIZE = 1 << 16
+# What a Hub reads from one connection in one pass at most: a large message comes in
+# whole (a socket holds far less), and the other connections still get their turn.
+_READ_PASS = 64
 # A peer that does not read: what a Hub keeps for it before dropping messages.
 MAX_PENDING = 64 << 20
+# A closed peer is an error on send (EPIPE), never a SIGPIPE, whatever the app set.
+_SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 
 Peer = tuple[str, int]
 
@@ -126,7 +131,9 @@ class Link:
     def connect(self, timeout: float = 2.0) -> socket.socket:
         if self.sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)  # a full backlog (a stopped server) blocks a connect
+            # Not blocking while connecting: a full backlog (a stopped server) refuses at
+            # once instead of blocking until the server accepts.
+            sock.settimeout(timeout)
             try:
                 sock.connect(self.path)
             except OSError:
@@ -152,15 +159,38 @@ class Link:
         for attempt in (1, 2):
             sock = self.connect(timeout)
             try:
-                _write(sock, data, timeout)
+                self._write(sock, data, time.monotonic() + timeout)
                 return
             except (BrokenPipeError, ConnectionResetError):
                 self.close()  # the peer went away: a new one may listen at the path now
                 if attempt == 2:
                     raise SendFailed() from None
-            except OSError:  # timed out with part of the message written: the stream is cut
+            except TimeoutError:  # the peer did not make room in time
+                raise SendFailed() from None
+            except OSError:
                 self.close()
                 raise SendFailed() from None
+
+    def _write(self, sock: socket.socket, data: bytes, deadline: float) -> None:
+        """All of ``data``: at once when the socket has room (one system call), else as
+        room comes, until ``deadline`` (TimeoutError). Under gevent the socket waits for
+        room itself, and the caller bounds the time. The socket's own timeout is never
+        touched: a gevent reader of the same socket would inherit it."""
+        view = memoryview(data)
+        sent, total = 0, len(data)
+        try:
+            while sent < total:
+                try:
+                    n = sock.send(view[sent:], _SEND_FLAGS)
+                except BlockingIOError:
+                    n = 0
+                sent += n
+                if n == 0 and not _writable(sock, deadline - time.monotonic()):
+                    raise TimeoutError()
+        except BaseException:  # a timeout, an error, or gevent.Timeout from the caller
+            if 0 < sent < total:
+                self.close()  # half a message went: the rest of the stream would be garbage
+            raise
 
     def receive(self, timeout: float | None = 0.0) -> list[list[bytes]] | None:
         """What has arrived (waiting up to ``timeout`` seconds for something; None waits
@@ -192,19 +222,12 @@ class Link:
             return None
 
 
-def _write(sock: socket.socket, data: bytes, timeout: float) -> None:
-    """All of ``data``: at once when the socket has room (one system call), else within
-    ``timeout`` seconds (OSError if not)."""
-    try:
-        sent = sock.send(data, socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        sent = 0
-    if sent < len(data):
-        sock.settimeout(timeout)
-        try:
-            sock.sendall(memoryview(data)[sent:])
-        finally:
-            sock.settimeout(None)
+def _writable(sock: socket.socket, timeout: float) -> bool:
+    if timeout <= 0:
+        return False
+    poll = select.poll()  # gevent's own poll where gevent has patched select
+    poll.register(sock, select.POLLOUT)
+    return bool(poll.poll(max(1, int(timeout * 1000))))
 
 
 class _Conn:
@@ -246,9 +269,6 @@ class Hub:
     def unwatch(self, fd: int) -> None:
         self._epoll.unregister(fd)
 
-    def connected(self, peer: Hashable) -> bool:
-        return peer in self._peers
-
     def poll(self, timeout: float | None) -> tuple[list[tuple[Peer, list[bytes]]], list[int]]:
         """Wait up to ``timeout`` seconds (None: without end). Returns the messages that
         arrived, by peer, and the watched descriptors that became readable."""
@@ -283,7 +303,7 @@ class Hub:
             conn.out += data
             return True
         try:
-            sent = conn.sock.send(data, socket.MSG_DONTWAIT)
+            sent = conn.sock.send(data, _SEND_FLAGS)
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -320,25 +340,29 @@ class Hub:
             self._epoll.register(conn.fd, select.EPOLLIN)
 
     def _read(self, conn: _Conn, messages: list[tuple[Peer, list[bytes]]]) -> None:
-        try:
-            data = conn.sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._close(conn)
-            return
-        try:
-            for frames in conn.framer.feed(data):
-                messages.append((conn.peer, frames))
-        except ProtocolError:
-            logger.warning("a connection sent an unframed stream; closed")
-            self._close(conn)
+        for _ in range(_READ_PASS):
+            try:
+                data = conn.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close(conn)
+                return
+            try:
+                for frames in conn.framer.feed(data):
+                    messages.append((conn.peer, frames))
+            except ProtocolError:
+                logger.warning("a connection sent an unframed stream; closed")
+                self._close(conn)
+                return
+            if len(data) < RECV_SIZE:
+                return  # what was there is read: no recv only to hear "nothing more"
 
     def _flush(self, conn: _Conn) -> None:
         try:
-            sent = conn.sock.send(conn.out, socket.MSG_DONTWAIT)
+            sent = conn.sock.send(conn.out, _SEND_FLAGS)
         except BlockingIOError:
             return
         except OSError:
