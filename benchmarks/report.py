@@ -121,7 +121,7 @@ def write_report(res: dict[str, Any]) -> str:
         "(gthread workers of 64 threads, the default), one dispatcher and the replicas of "
         "the one model served. `corral RxT` is R replicas of T torch threads each "
         f"(`EMBEDDINGS_THREADS`, `OMP_NUM_THREADS`); the headline is **{headline}**. "
-        "The no-op model has one replica; **corral inline** serves it with `placement = \"inline\"` instead (one copy in each HTTP worker, no replica process), and **corral inline gevent** the same with `--worker-class gevent`. Both models batch with max_size 32, max_wait_ms 5."
+        "The no-op model has one replica (**corral gevent**: the same under `--worker-class gevent`); **corral inline** serves it with `placement = \"inline\"` instead (one copy in each HTTP worker, no replica process), and **corral inline gevent** the same with `--worker-class gevent`. Both models batch with max_size 32, max_wait_ms 5."
         + (" Extra environment for corral and the ceiling: "
            + ", ".join(f"`{k}={v}`" for k, v in s["corral_env"].items()) + "."
            if s.get("corral_env") else ""))
@@ -151,7 +151,7 @@ def write_report(res: dict[str, Any]) -> str:
     for workload in workloads:
         add(f"## {workload}")
         add("")
-        configs = ["naive", *(layouts if workload == "minilm" else ["corral", "corral inline", "corral inline gevent"])]
+        configs = ["naive", *(layouts if workload == "minilm" else ["corral", "corral gevent", "corral inline", "corral inline gevent"])]
         add("| stack | conns | req/s | p50 ms | p99 ms | errors | CPU/req ms | batch | "
             "other load |")
         add("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -266,6 +266,14 @@ def write_report(res: dict[str, Any]) -> str:
         cpu = median(pr("noop", "corral", 64, "cpu_ms_per_req").values())
         add(f"| no-op, 64 conns: corral ≤ 0.5 ms server CPU per request | {_num(cpu, 3)} ms | "
             f"{_verdict(None if cpu is None else cpu <= 0.5)} |")
+        if ("noop", "corral gevent", 64) in groups:
+            ratio, text = _ratio_text(pr("noop", "corral gevent", 64, "rps"),
+                                      pr("noop", "naive", 64, "rps"))
+            add(f"| no-op, 64 conns: corral, gevent workers ≥ 0.6× naive throughput | {text} | "
+                f"{_verdict(None if ratio is None else ratio >= 0.6)} |")
+            cpu = median(pr("noop", "corral gevent", 64, "cpu_ms_per_req").values())
+            add(f"| no-op, 64 conns: corral, gevent workers ≤ 0.5 ms server CPU per request | "
+                f"{_num(cpu, 3)} ms | {_verdict(None if cpu is None else cpu <= 0.5)} |")
         if ("noop", "corral inline", 64) in groups:
             ratio, text = _ratio_text(pr("noop", "corral inline", 64, "rps"),
                                       pr("noop", "naive", 64, "rps"))

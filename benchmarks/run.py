@@ -484,6 +484,7 @@ def configs_for(workload: str, args: argparse.Namespace) -> list[Config]:
         out.append(Config("ceiling", "ceiling", 1, args.ceiling_threads))
     else:
         out.append(Config("corral", "corral", 1, 1))
+        out.append(Config("corral gevent", "corral", 1, 1, worker_class="gevent"))
         out.append(Config("corral inline", "corral", 1, 1, inline=True))
         out.append(Config("corral inline gevent", "corral", 1, 1, inline=True,
                           worker_class="gevent"))
