@@ -458,3 +458,39 @@ def test_a_green_channel_fails_every_waiter_at_once_when_the_server_goes(
     out = json.loads(proc.stdout)
     assert [out[k][0] for k in ("1", "2", "3")] == ["DispatcherGone"] * 3
     assert max(out[k][1] for k in ("1", "2", "3")) < 5  # not their 20 s timeout
+
+
+def test_a_thread_channel_closes_when_its_thread_ends(tmp_path: Path) -> None:
+    """The jobs process starts a thread per job: each thread's connection to the
+    dispatcher must end with the thread, not pile up until the engine stops."""
+    import gc
+
+    from corral.process.client import DispatcherEngine
+    from corral.process.runtime import Runtime
+
+    runtime = Runtime(tmp_path)
+    hub = Hub()
+    hub.listen(runtime.frontend, "f")
+    engine = DispatcherEngine(runtime)
+    try:
+        def use() -> None:
+            channel = engine._channel()
+            assert isinstance(channel, ThreadChannel)
+            channel.link.connect()
+
+        threads = [threading.Thread(target=use) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not hub._peers:
+            hub.poll(0.05)  # accept them
+        gc.collect()
+        while time.monotonic() < deadline and hub._peers:
+            hub.poll(0.05)  # see each end
+        assert not hub._peers
+        assert not list(engine._channels)
+    finally:
+        engine.stop()
+        hub.close()
