@@ -20,8 +20,8 @@ thread does). Prints wall time and CPU (user + system, both processes) per round
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing as mp
-import os
 import resource
 import socket
 import struct
@@ -168,11 +168,8 @@ def main() -> None:
     args = p.parse_args()
     n = args.round_trips
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            import zmq  # noqa: F401
-            have_zmq = True
-        except ImportError:
-            have_zmq = False
+        have_zmq = importlib.util.find_spec("zmq") is not None
+        if not have_zmq:
             print("| libzmq ipc | (pyzmq not installed: skipped) | |")
         for name, server, client, address in (
                 *([("libzmq ipc", zmq_server, zmq_client, f"ipc://{tmp}/z")] if have_zmq else []),

@@ -18,7 +18,6 @@ import socket
 import threading
 import time
 import weakref
-from typing import Any
 
 from ..batching.queue import Lane
 from ..engine import Engine, Handle, Input, ModelStatus, Outputs, outputs_of

@@ -3,8 +3,9 @@
 Run by the supervisor as ``python -m corral.process dispatcher RUNTIME_DIR``. It
 listens on two sockets in the runtime directory (see :mod:`corral.transport.stream`):
 the frontend, where HTTP workers send Submit and Cancel (and the supervisor
-Configure), and the backend, where replicas say Hello and return Done. Everything else is the :class:`DispatchCore`: batches
-form across all HTTP workers, each model in its own queue.
+Configure), and the backend, where replicas say Hello and return Done. Everything
+else is the :class:`DispatchCore`: batches form across all HTTP workers, each model
+in its own queue.
 
 It never imports the app: what it knows of each model (batching, replicas wanted)
 comes from the runtime directory's models.json, so its memory does not grow with

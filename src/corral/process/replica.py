@@ -4,8 +4,8 @@ Run by the supervisor as ``python -m corral.process replica RUNTIME_DIR NAME:VER
 INDEX ATTEMPT STARTS``. It connects to the dispatcher's backend socket, says Hello
 (loading), runs ``load()``, then says Hello (ready) and serves Work messages one at
 a time. While idle it repeats Hello (ready) every second, connecting again if the
-dispatcher went away, so a restarted dispatcher learns of it. It exits when the dispatcher says Stop (scaled
-down or unloaded). Once ``load()`` succeeded it creates its ready marker in the
+dispatcher went away, so a restarted dispatcher learns of it. It exits when the
+dispatcher says Stop (scaled down or unloaded). Once ``load()`` succeeded it creates its ready marker in the
 runtime directory: a replica that exits without one (``load()`` raised, or the
 process died while loading) counts as a failed load attempt for the supervisor.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import time
 
@@ -79,13 +78,9 @@ def _receive(link: Link) -> list[list[bytes]]:
     if link.sock is None:  # no dispatcher since the last Hello: wait, then connect again
         time.sleep(HEARTBEAT)
         return []
-    poll = select.poll()
-    poll.register(link.sock, select.POLLIN)
     deadline = time.monotonic() + HEARTBEAT
     while (remaining := deadline - time.monotonic()) > 0:
-        if not poll.poll(max(1, int(remaining * 1000))):
-            return []
-        received = link.receive()
+        received = link.receive(remaining)
         if received is None:  # the dispatcher went away: the next Hello connects again
             return []
         if received:

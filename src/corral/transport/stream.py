@@ -185,29 +185,25 @@ class Link:
                 except BlockingIOError:
                     n = 0
                 sent += n
-                if n == 0 and not _writable(sock, deadline - time.monotonic()):
+                if n == 0 and not _ready(sock, select.POLLOUT, deadline - time.monotonic()):
                     raise TimeoutError()
         except BaseException:  # a timeout, an error, or gevent.Timeout from the caller
             if 0 < sent < total:
                 self.close()  # half a message went: the rest of the stream would be garbage
             raise
 
-    def receive(self, timeout: float | None = 0.0) -> list[list[bytes]] | None:
-        """What has arrived (waiting up to ``timeout`` seconds for something; None waits
-        without end); None when the peer closed the connection."""
+    def receive(self, timeout: float = 0.0) -> list[list[bytes]] | None:
+        """The messages that have arrived whole, waiting up to ``timeout`` seconds for
+        something to read ([] if nothing came, or only part of a message); None when the
+        peer closed the connection."""
         sock = self.sock
         if sock is None:
             return None
+        if timeout > 0 and not _ready(sock, select.POLLIN, timeout):
+            return []
         try:
-            if timeout == 0.0:
-                data = sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
-            else:
-                sock.settimeout(timeout)
-                try:
-                    data = sock.recv(RECV_SIZE)
-                finally:
-                    sock.settimeout(None)
-        except (BlockingIOError, TimeoutError):
+            data = sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
             return []
         except OSError:
             data = b""
@@ -222,11 +218,12 @@ class Link:
             return None
 
 
-def _writable(sock: socket.socket, timeout: float) -> bool:
+def _ready(sock: socket.socket, event: int, timeout: float) -> bool:
+    """Whether ``sock`` becomes ready for ``event`` (POLLIN, POLLOUT) within ``timeout``."""
     if timeout <= 0:
         return False
     poll = select.poll()  # gevent's own poll where gevent has patched select
-    poll.register(sock, select.POLLOUT)
+    poll.register(sock, event)
     return bool(poll.poll(max(1, int(timeout * 1000))))
 
 
